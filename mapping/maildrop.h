@@ -32,7 +32,8 @@ void maildrop_free(struct maildrop **m);
 int maildrop_add(struct maildrop *m, uint32_t uid, uint64_t size);
 
 /* Fixes the snapshot: messages sorted by ascending UID get numbers 1..n. After
- * this, maildrop_add() is refused. */
+ * this, maildrop_add() is refused (returns -1). Until it is called, the count,
+ * STAT and lookups see an empty maildrop. Calling it again does nothing. */
 void maildrop_seal(struct maildrop *m);
 
 uint32_t maildrop_uidvalidity(const struct maildrop *m);

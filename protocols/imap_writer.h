@@ -32,7 +32,8 @@ struct imap_cmd {
 void imap_cmd_begin(struct imap_cmd *c, const char *tag, const char *name, bool literal_plus);
 
 /* Appends " " and text exactly as given: atoms, numbers, sets, parenthesized
- * lists built by the caller ("(UID RFC822.SIZE)"). The caller vouches for it. */
+ * lists built by the caller ("(UID RFC822.SIZE)"). The caller vouches for it;
+ * only CR or LF in it (which would end the command early) fails the command. */
 void imap_cmd_raw(struct imap_cmd *c, const char *text);
 
 /*
@@ -44,7 +45,8 @@ void imap_cmd_raw(struct imap_cmd *c, const char *text);
  */
 void imap_cmd_string(struct imap_cmd *c, const char *s, size_t len);
 
-/* Appends CRLF. Returns 0, or -1 with *error_r when any step failed. */
+/* Appends CRLF. Returns 0, or -1 with *error_r (the first failure's static reason)
+ * when any step failed; buf is then not a command to send. */
 int imap_cmd_end(struct imap_cmd *c, const char **error_r);
 
 /*
@@ -52,6 +54,10 @@ int imap_cmd_end(struct imap_cmd *c, const char **error_r);
  * ("1:3,7,9:12") into out (cap bytes, NUL-terminated). Writes as many UIDs as fit
  * and sets *used_r to how many were covered, so a huge set is split over several
  * commands. Returns the string length (0 when n == 0 or nothing fits).
+ * A range that does not fit whole is cut short, and the next call goes on from
+ * *used_r. cap >= 11 (a UID's 10 digits and the NUL) always covers at least one
+ * UID, so a loop over a huge set always makes progress; cap >= 22 fits any
+ * "first:last" range whole.
  */
 size_t imap_writer_uid_set(char *out, size_t cap, const uint32_t *uids, size_t n, size_t *used_r);
 

@@ -27,8 +27,11 @@ struct pop3_dotstuff {
 void pop3_dotstuff_init(struct pop3_dotstuff *d);
 
 /*
- * From now on, stop after `lines` more complete lines (TOP: the body lines).
- * With lines == 0 the stuffer is done at once if it stands at a line start.
+ * From now on, stop after `lines` more complete lines (TOP: the body lines): the
+ * stuffer counts LFs consumed from here on and is done right after the last one.
+ * With lines == 0 the stuffer is done at once if it stands at a line start;
+ * otherwise it is done at the end of the line in progress (a line is never cut,
+ * and that line ends the count just as the first LF would with lines == 1).
  */
 void pop3_dotstuff_limit_lines(struct pop3_dotstuff *d, uint64_t lines);
 
@@ -36,8 +39,12 @@ void pop3_dotstuff_limit_lines(struct pop3_dotstuff *d, uint64_t lines);
  * Stuffs in[0..len) into out[0..cap). Consumes as much input as fits (every
  * output byte that results from a consumed input byte is written, so nothing is
  * half-done across calls), sets *consumed_r, and returns the bytes written. Any
- * chunking of the input gives the same total output. Output is at most
- * 2 * len bytes. With a line limit reached, consumes nothing more.
+ * chunking of the input and any cap >= 1 give the same total output. Output is
+ * at most 2 * len bytes. With a line limit reached, consumes nothing more.
+ * When one byte of room is left before a line-start "." or a bare LF, the added
+ * byte ("." or CR) is written alone and the input byte is left unconsumed; the
+ * next call passes it as it is. So a call may write bytes and consume none: the
+ * caller must feed unconsumed bytes again (after draining its output).
  */
 size_t pop3_dotstuff_feed(struct pop3_dotstuff *d, const char *in, size_t len, size_t *consumed_r,
                           char *out, size_t cap);
@@ -47,8 +54,9 @@ bool pop3_dotstuff_is_done(const struct pop3_dotstuff *d);
 
 /*
  * Ends the message: adds CRLF if the last line lacks one (a pending lone CR gets
- * its LF), then ".\r\n". out must have POP3_DOTSTUFF_FINISH_MAX bytes. Returns
- * the bytes written.
+ * its LF), then ".\r\n". An empty message gives ".\r\n" alone; after a line
+ * limit was reached it is ".\r\n" as well. out must have POP3_DOTSTUFF_FINISH_MAX
+ * bytes. Returns the bytes written; afterwards the stuffer is done.
  */
 size_t pop3_dotstuff_finish(struct pop3_dotstuff *d, char *out);
 

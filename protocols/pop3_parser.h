@@ -12,7 +12,7 @@
 #define POP3_LINE_MAX 255
 /* A SASL continuation line (RFC 5034) may carry a long token (OAuth). */
 #define POP3_SASL_LINE_MAX 16384
-#define POP3_ARGS_MAX 2
+#define POP3_ARGS_MAX      2
 
 enum pop3_cmd {
     POP3_CMD_USER = 1,
@@ -42,10 +42,12 @@ enum pop3_cmd {
  *          line end removed and nothing else trimmed (PASS passwords may hold
  *          spaces, also at either end; USER takes it whole as well).
  *          For POP3_CMD_SASL_LINE: the whole line without its line end.
+ *          USER: at least one non-space byte. PASS: may be empty ("PASS ").
  *  - argv/argc: arg split at runs of spaces (for AUTH, APOP, and the numeric
- *          commands).
- *  - num/has_num: the decimal values of argv for LIST, UIDL, RETR, DELE, TOP
- *          (validated: digits only, fits in uint32_t).
+ *          commands; argc is 0 for every other command, USER and PASS included).
+ *  - num: num[i] is the decimal value of argv[i] (i < argc) for LIST, UIDL,
+ *          RETR, DELE, TOP (validated: digits only, fits in uint32_t; leading
+ *          zeros allowed; 0 is syntactically valid and left to the caller).
  */
 struct pop3_command {
     enum pop3_cmd cmd;
@@ -74,25 +76,40 @@ void pop3_parser_free(struct pop3_parser **p);
  * CR before the LF is part of the line end; a lone LF also ends a line) and sets
  * *consumed_r to the bytes used. The caller feeds the rest in later calls.
  * Resumes at any byte boundary: a line split over many calls gives the same
- * result as the line in one call.
+ * result as the line in one call. *cmd_r is cleared on every call.
+ *
+ * The limits count the octets on the wire, line end included: with CRLF a line
+ * holds at most 253 bytes of text, with a lone LF 254.
  *
  * Errors (line consumed whole, parser ready for the next line):
  *   "line too long" (over POP3_LINE_MAX with its CRLF, or POP3_SASL_LINE_MAX in
  *   SASL mode; the rest of the line up to LF is discarded, and the error is
- *   returned once, when its LF arrives), "empty command", "invalid character"
- *   (NUL or another control byte other than TAB in the line), "unknown command",
- *   "missing argument", "too many arguments", "invalid number".
+ *   returned once, when its LF arrives), "empty command" (nothing or only
+ *   spaces), "invalid character" (NUL, DEL or another control byte other than
+ *   TAB in the line; a CR is only allowed right before the LF), "unknown
+ *   command" (also for a line starting with a space), "missing argument", "too
+ *   many arguments", "invalid number".
+ * For the last three, cmd_r->cmd and cmd_r->verb name the command, so the reply
+ * can say which one was wrong; for the others cmd_r->cmd is 0.
  * *error_r points to a static string.
  */
 enum pop3_parse_status pop3_parser_feed(struct pop3_parser *p, const char *buf, size_t len,
                                         size_t *consumed_r, struct pop3_command *cmd_r,
                                         const char **error_r);
 
-/* The next line is a SASL continuation: return it whole as POP3_CMD_SASL_LINE with
- * a line limit of POP3_SASL_LINE_MAX. Applies to one line only. */
-void pop3_parser_expect_sasl(struct pop3_parser *p);
+/*
+ * The next line is a SASL continuation: return it whole as POP3_CMD_SASL_LINE with
+ * a line limit of POP3_SASL_LINE_MAX. Applies to one line only. An empty line is
+ * returned too (as an empty arg); "line too long" and "invalid character" still
+ * apply, and such an error also ends the SASL mode.
+ * The big line buffer is allocated here and freed (wiped) at the first feed after
+ * the SASL line, so idle sessions keep only the small one. Returns 0, or -1 when
+ * out of memory (the mode is then unchanged).
+ */
+int pop3_parser_expect_sasl(struct pop3_parser *p);
 
-/* Forgets any partial line (used after STLS, where buffered plaintext is dropped). */
+/* Forgets any partial line and a pending SASL mode (used after STLS, where
+ * buffered plaintext is dropped). */
 void pop3_parser_reset(struct pop3_parser *p);
 
 #endif

@@ -12,13 +12,15 @@
 /*
  * Writes "+OK text\r\n" or "-ERR [CODE] text\r\n" into out (cap bytes). code may
  * be NULL (no response code); text may be NULL or empty ("+OK\r\n"). The line is
- * cut to POP3_REPLY_MAX; CR and LF in text are replaced by spaces, so no caller
- * can break the framing. Returns the length written (never 0 when cap >=
- * POP3_REPLY_MAX).
+ * cut to POP3_REPLY_MAX (or cap, if smaller) with its CRLF kept; CR and LF in
+ * code and text are replaced by spaces, so no caller can break the framing. A
+ * code that does not fit whole is left out rather than cut. Returns the length
+ * written (never 0 when cap >= POP3_REPLY_MAX; 0 only when cap cannot hold
+ * "+OK\r\n" or "-ERR\r\n").
  */
 size_t pop3_writer_status(char *out, size_t cap, bool ok, const char *code, const char *text);
 
-/* What CAPA announces; each NULL/false entry is left out. */
+/* What CAPA announces; each NULL, empty or false entry is left out. */
 struct pop3_capa {
     bool top, uidl, user, resp_codes, auth_resp_code, pipelining, stls;
     const char *sasl;           /* "PLAIN LOGIN": the SASL line's mechanisms */

@@ -14,7 +14,7 @@ enum config_tls {
 };
 
 struct config_listener {
-    char *address_text;          /* as written: "127.0.0.1:1110", "[::1]:1110" */
+    char *address_text;           /* as written: "127.0.0.1:1110", "[::1]:1110" */
     struct sockaddr_storage addr; /* parsed numeric address */
     socklen_t addr_len;
 };
@@ -32,6 +32,7 @@ struct config_upstream {
 
 struct config_route {
     bool is_default;
+    char *user; /* the POP3 user name this route serves; NULL for the default route */
     char *upstream_name;
     const struct config_upstream *upstream; /* points into config.upstreams */
 };
@@ -59,20 +60,29 @@ struct config {
 
 /*
  * Loads and validates the file at path. On success returns a config owned by
- * the caller (free with config_free). On failure returns NULL and *errors_r is a
- * malloc'd text (caller frees) with one error per line, in the style
- *   popgate.json:14:5: error: invalid JSON: expected ',' or '}'
+ * the caller (free with config_free) and sets *errors_r to NULL. On failure
+ * returns NULL and *errors_r is a malloc'd text (caller frees) with one error
+ * per line, each ending in "\n", in the style
+ *   popgate.json:14:5: error: invalid JSON: '}' expected near '"b"'
  *   popgate.json: routes[0].upstream: unknown upstream "imap9" (defined: main)
  *   popgate.json: limits.idle_timeout: must be between 600 and 86400 seconds, got 5
  *   popgate: 3 errors in popgate.json
- * listing every error found in one run. Upstream host names are resolved here
- * (a name that does not resolve is an error).
+ * listing every error found in one run; the last line counts them ("1 error",
+ * "3 errors") and carries no verdict, so the caller may add one ("not starting",
+ * "keeping the old configuration"). Messages start with path exactly as given.
+ * Found values are shown escaped and cut to a few dozen bytes, so a line never
+ * holds a newline or a control byte. *errors_r is NULL after a failure only if
+ * memory ran out. errors_r may be NULL.
+ * Upstream host names are resolved here with getaddrinfo, which may block: call
+ * it off the event loop (a name that does not resolve is an error).
  */
 struct config *config_load(const char *path, char **errors_r);
 
+/* Frees everything cfg owns and sets *cfg to NULL. NULL and *cfg == NULL are fine. */
 void config_free(struct config **cfg);
 
-/* Finds the upstream by name, or NULL. */
+/* Finds the upstream by name (exact, case-sensitive), or NULL. The result
+ * points into cfg. */
 const struct config_upstream *config_upstream_find(const struct config *cfg, const char *name);
 
 #endif

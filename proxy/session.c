@@ -1,0 +1,433 @@
+/* The session core: client I/O, watchers, the command loop and the session's life. */
+#include "session.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "pop3_writer.h"
+#include "reaper.h"
+#include "session_int.h"
+
+static struct session *sessions;
+static unsigned nsessions;
+static uint32_t session_seq;
+
+static void process_commands(struct session *s);
+
+unsigned session_count(void)
+{
+    return nsessions;
+}
+
+const char *session_user_value(struct session *s, char *buf, size_t cap)
+{
+    if (s->user == NULL)
+        return "-";
+    return log_value(buf, cap, s->user, s->user_len);
+}
+
+void session_log(struct session *s, const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    char user[LOG_VALUE_MAX];
+    log_line(LOG_INFO, "session=%s client=%s user=%s upstream=%s %s", s->id, s->peer,
+             session_user_value(s, user, sizeof(user)),
+             s->route != NULL ? s->route->upstream->name : "-", text);
+}
+
+void session_append(struct session *s, const char *p, size_t len)
+{
+    if (buffer_append(&s->out, p, len) < 0) {
+        /* Callers check room first; reaching this is a bug, not a client's doing. */
+        session_log(s, "event=internal_error reason=\"output buffer overflow\"");
+        session_close(s, "internal_error");
+    }
+}
+
+void session_reply(struct session *s, bool ok, const char *code, const char *text)
+{
+    char line[POP3_REPLY_MAX];
+    size_t n = pop3_writer_status(line, sizeof(line), ok, code, text);
+    session_append(s, line, n);
+}
+
+void session_replyf(struct session *s, bool ok, const char *code, const char *fmt, ...)
+{
+    char text[POP3_REPLY_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    session_reply(s, ok, code, text);
+}
+
+static void session_free_cb(void *p)
+{
+    struct session *s = p;
+    upstream_free(&s->up);
+    maildrop_free(&s->md);
+    pop3_parser_free(&s->parser);
+    buffer_free(&s->in);
+    buffer_free(&s->out);
+    if (s->user != NULL) {
+        memset(s->user, 0, s->user_len);
+        free(s->user);
+    }
+    free(s);
+}
+
+void session_close(struct session *s, const char *result)
+{
+    if (s->reaped)
+        return;
+    s->reaped = true;
+    s->state = SESSION_CLOSING;
+    if (s->result == NULL)
+        s->result = result;
+    ev_io_stop(s->loop, &s->rio);
+    ev_io_stop(s->loop, &s->wio);
+    ev_timer_stop(s->loop, &s->idle);
+    conn_close(&s->client);
+    if (s->up != NULL)
+        upstream_close(s->up);
+    session_log(s, "event=session_end result=%s retr=%u retr_bytes=%llu deleted=%u duration=%.3f",
+                s->result, s->retr_count, (unsigned long long)s->retr_bytes, s->deleted_count,
+                ev_now(s->loop) - s->started);
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        sessions = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    nsessions--;
+    reaper_add(session_free_cb, s);
+}
+
+void session_close_all(const char *reason)
+{
+    while (sessions != NULL)
+        session_close(sessions, reason);
+}
+
+/* Re-arms the idle timer for the state the session is in. */
+static void touch(struct session *s)
+{
+    uint32_t secs = s->state == SESSION_AUTHORIZATION ? s->cfg->limits.auth_timeout
+                                                      : s->cfg->limits.idle_timeout;
+    s->idle.repeat = (ev_tstamp)secs;
+    ev_timer_again(s->loop, &s->idle);
+}
+
+/* Low mark: below it a paused upstream may go on. */
+static bool out_below_low_mark(const struct session *s)
+{
+    return buffer_len(&s->out) <= s->out.cap / 2;
+}
+
+/* Derives which watchers run from the buffers' state (one place for it). */
+void session_update_io(struct session *s)
+{
+    if (s->reaped)
+        return;
+    bool want_write = buffer_len(&s->out) > 0;
+    bool want_read = !s->client_eof && !s->flush_close && buffer_room(&s->in) > 0;
+    if (!want_write && s->flush_close) {
+        session_close(s, s->result != NULL ? s->result : "quit");
+        return;
+    }
+    if (!want_write && s->client_eof && s->job == JOB_NONE && buffer_len(&s->in) == 0) {
+        /* The client sent all it will and everything is answered. */
+        session_close(s, s->result != NULL ? s->result : "client_closed");
+        return;
+    }
+    if (want_read != (bool)ev_is_active(&s->rio)) {
+        if (want_read)
+            ev_io_start(s->loop, &s->rio);
+        else
+            ev_io_stop(s->loop, &s->rio);
+    }
+    if (want_write != (bool)ev_is_active(&s->wio)) {
+        if (want_write)
+            ev_io_start(s->loop, &s->wio);
+        else
+            ev_io_stop(s->loop, &s->wio);
+    }
+}
+
+static void do_write(struct session *s)
+{
+    bool progressed = false;
+    while (buffer_len(&s->out) > 0) {
+        size_t n = 0;
+        enum conn_status st = conn_write(&s->client, buffer_data(&s->out), buffer_len(&s->out), &n);
+        if (st == CONN_AGAIN)
+            break;
+        if (st != CONN_DONE) {
+            char q[LOG_VALUE_MAX];
+            session_log(s, "event=client_write_failed reason=%s",
+                        log_str(q, sizeof(q), strerror(errno)));
+            session_close(s, "client_error");
+            return;
+        }
+        buffer_consume(&s->out, n);
+        progressed = true;
+    }
+    if (progressed)
+        touch(s);
+    if (s->up != NULL && out_below_low_mark(s))
+        upstream_resume(s->up);
+    if (s->reaped)
+        return;
+    if (s->job == JOB_LISTING)
+        session_continue_listing(s);
+    if (s->job == JOB_NONE)
+        process_commands(s);
+}
+
+static void do_read(struct session *s)
+{
+    size_t avail;
+    char *space = buffer_space(&s->in, &avail);
+    if (space == NULL)
+        return;
+    size_t n = 0;
+    enum conn_status st = conn_read(&s->client, space, avail, &n);
+    switch (st) {
+    case CONN_DONE:
+        buffer_commit(&s->in, n);
+        touch(s);
+        process_commands(s);
+        return;
+    case CONN_AGAIN:
+        return;
+    case CONN_EOF:
+        s->client_eof = true;
+        if (s->job == JOB_RETR || s->job == JOB_TOP_HEADER || s->job == JOB_TOP_BODY) {
+            /* Nobody will read the rest of the message. */
+            session_close(s, "client_closed");
+            return;
+        }
+        process_commands(s);
+        return;
+    case CONN_ERROR:
+        session_close(s, "client_error");
+        return;
+    }
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct session *s = w->data;
+    if ((revents & EV_WRITE) && !s->reaped)
+        do_write(s);
+    if ((revents & EV_READ) && !s->reaped)
+        do_read(s);
+    /* Answers produced while reading go out now, without another loop turn. */
+    if (!s->reaped && buffer_len(&s->out) > 0)
+        do_write(s);
+    session_update_io(s);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct session *s = w->data;
+    session_log(s, "event=idle_timeout state=%s",
+                s->state == SESSION_AUTHORIZATION ? "authorization" : "transaction");
+    /* RFC 1939: an autologout timer closes without entering UPDATE. */
+    buffer_clear(&s->out);
+    session_reply(s, false, NULL, "Idle timeout, closing connection");
+    s->flush_close = true;
+    s->result = "timeout";
+    do_write(s);
+    session_update_io(s);
+}
+
+/* The running command finished: release idle memory and take the next one. */
+void session_job_done(struct session *s)
+{
+    s->job = JOB_NONE;
+    if (s->reaped)
+        return;
+    buffer_shrink(&s->in);
+    process_commands(s);
+    session_update_io(s);
+}
+
+static void bad_command(struct session *s, const char *reason)
+{
+    s->bad_commands++;
+    if (s->bad_commands >= s->cfg->limits.max_bad_commands) {
+        session_reply(s, false, NULL, "Too many bad commands, closing connection");
+        session_log(s, "event=too_many_bad_commands count=%u", s->bad_commands);
+        s->flush_close = true;
+        s->result = "bad_commands";
+        return;
+    }
+    session_replyf(s, false, NULL, "%s", reason);
+}
+
+static void cmd_noop(struct session *s)
+{
+    session_reply(s, true, NULL, NULL);
+}
+
+static void dispatch_authorization(struct session *s, const struct pop3_command *cmd)
+{
+    switch (cmd->cmd) {
+    case POP3_CMD_USER:
+        session_cmd_user(s, cmd);
+        return;
+    case POP3_CMD_PASS:
+        session_cmd_pass(s, cmd);
+        return;
+    case POP3_CMD_CAPA:
+        session_cmd_capa(s);
+        return;
+    case POP3_CMD_QUIT:
+        session_reply(s, true, NULL, "popgate signing off");
+        s->flush_close = true;
+        s->result = "quit";
+        return;
+    case POP3_CMD_APOP:
+        /* APOP needs the plaintext password on our side; popgate never has it. */
+        bad_command(s, "APOP is not supported; use USER and PASS");
+        return;
+    case POP3_CMD_AUTH:
+        bad_command(s, "AUTH is not supported; use USER and PASS");
+        return;
+    case POP3_CMD_STLS:
+        bad_command(s, "STLS is not available on this listener");
+        return;
+    default:
+        bad_command(s, "Command not valid before login");
+        return;
+    }
+}
+
+static void dispatch_transaction(struct session *s, const struct pop3_command *cmd)
+{
+    switch (cmd->cmd) {
+    case POP3_CMD_STAT:
+        session_cmd_stat(s);
+        return;
+    case POP3_CMD_LIST:
+        session_cmd_list(s, cmd, false);
+        return;
+    case POP3_CMD_UIDL:
+        session_cmd_list(s, cmd, true);
+        return;
+    case POP3_CMD_RETR:
+        session_cmd_retr(s, cmd);
+        return;
+    case POP3_CMD_TOP:
+        session_cmd_top(s, cmd);
+        return;
+    case POP3_CMD_DELE:
+        session_cmd_dele(s, cmd);
+        return;
+    case POP3_CMD_RSET:
+        session_cmd_rset(s);
+        return;
+    case POP3_CMD_NOOP:
+        cmd_noop(s);
+        return;
+    case POP3_CMD_CAPA:
+        session_cmd_capa(s);
+        return;
+    case POP3_CMD_QUIT:
+        session_cmd_quit(s);
+        return;
+    default:
+        bad_command(s, "Command not valid in TRANSACTION state");
+        return;
+    }
+}
+
+/* Runs buffered commands one at a time while nothing is in flight and output has room. */
+static void process_commands(struct session *s)
+{
+    while (!s->reaped && !s->flush_close && s->job == JOB_NONE && buffer_len(&s->in) > 0 &&
+           buffer_room(&s->out) >= SESSION_REPLY_ROOM) {
+        struct pop3_command cmd;
+        size_t consumed = 0;
+        const char *error = NULL;
+        enum pop3_parse_status st = pop3_parser_feed(s->parser, buffer_data(&s->in),
+                                                     buffer_len(&s->in), &consumed, &cmd, &error);
+        if (st == POP3_PARSE_ERROR) {
+            buffer_consume(&s->in, consumed);
+            bad_command(s, error);
+            continue;
+        }
+        if (st == POP3_PARSE_CMD) {
+            /* The command's slices point into the parser's own line, so the input can go
+             * first: a command that completes at once may run the next one from here. */
+            buffer_consume(&s->in, consumed);
+            if (s->state == SESSION_AUTHORIZATION)
+                dispatch_authorization(s, &cmd);
+            else if (s->state == SESSION_TRANSACTION)
+                dispatch_transaction(s, &cmd);
+            continue;
+        }
+        buffer_consume(&s->in, consumed);
+        break;
+    }
+    if (s->reaped)
+        return;
+    if (s->job == JOB_NONE && buffer_len(&s->in) == 0)
+        buffer_shrink(&s->in);
+}
+
+int session_start(struct ev_loop *loop, const struct config *cfg, int fd,
+                  const struct sockaddr_storage *peer)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        return -1;
+    }
+    s->parser = pop3_parser_new();
+    if (s->parser == NULL) {
+        free(s);
+        close(fd);
+        return -1;
+    }
+    s->loop = loop;
+    s->cfg = cfg;
+    s->started = ev_now(loop);
+    snprintf(s->id, sizeof(s->id), "%08x",
+             (unsigned)(++session_seq * 2654435761u) ^ (unsigned)getpid());
+    conn_format_addr(peer, s->peer, sizeof(s->peer));
+    conn_init_plain(&s->client, fd);
+    buffer_init(&s->in, SESSION_IN_MAX, true);
+    buffer_init(&s->out, cfg->limits.output_buffer, false);
+    ev_io_init(&s->rio, io_cb, fd, EV_READ);
+    ev_io_init(&s->wio, io_cb, fd, EV_WRITE);
+    s->rio.data = s->wio.data = s;
+    ev_init(&s->idle, idle_cb);
+    s->idle.data = s;
+    s->state = SESSION_AUTHORIZATION;
+
+    s->next = sessions;
+    if (sessions != NULL)
+        sessions->prev = s;
+    sessions = s;
+    nsessions++;
+
+    session_log(s, "event=session_start");
+    touch(s);
+    session_reply(s, true, NULL, "popgate ready");
+    session_update_io(s);
+    return 0;
+}

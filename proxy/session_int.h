@@ -1,0 +1,135 @@
+/* The session struct and the calls its phase files (auth, commands, retr, quit) share. */
+#ifndef POPGATE_SESSION_INT_H
+#define POPGATE_SESSION_INT_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "buffer.h"
+#include "config.h"
+#include "conn.h"
+#include "maildrop.h"
+#include "pop3_dotstuff.h"
+#include "pop3_parser.h"
+#include "upstream.h"
+
+/* Client input held at once: a few pipelined commands wait here. */
+#define SESSION_IN_MAX 4096
+/* A command is only started with this much output room (a status line or CAPA). */
+#define SESSION_REPLY_ROOM 1024
+/* Failed logins on one connection before it is closed. */
+#define SESSION_MAX_AUTH_FAILURES 3
+/* First partial TEXT fetch for TOP; it doubles up to the maximum. */
+#define SESSION_TOP_CHUNK_MIN 16384
+#define SESSION_TOP_CHUNK_MAX (1024 * 1024)
+#define SESSION_USER_MAX      256
+
+enum session_state {
+    SESSION_AUTHORIZATION,
+    SESSION_TRANSACTION,
+    SESSION_UPDATE,
+    SESSION_CLOSING,
+};
+
+/* What a running multi-step command is doing. */
+enum session_job {
+    JOB_NONE,
+    JOB_LOGIN,
+    JOB_LISTING, /* LIST or UIDL without argument, written as room allows */
+    JOB_RETR,
+    JOB_TOP_HEADER,
+    JOB_TOP_BODY,
+    JOB_QUIT_DELETE,
+    JOB_QUIT_LOGOUT,
+};
+
+struct session {
+    struct ev_loop *loop;
+    const struct config *cfg;
+    char id[12];
+    char peer[64];
+    ev_tstamp started;
+
+    struct conn client;
+    ev_io rio, wio;
+    ev_timer idle;
+    struct buffer in, out;
+    struct pop3_parser *parser;
+
+    enum session_state state;
+    enum session_job job;
+    bool client_eof;  /* the client half-closed: finish what it sent, then close */
+    bool flush_close; /* close once the output is written */
+    bool reaped;
+    unsigned bad_commands;
+    unsigned auth_failures;
+    const char *result; /* for the session summary line */
+
+    char *user;
+    size_t user_len;
+    const struct config_route *route;
+    struct upstream *up;
+    struct maildrop *md;
+
+    /* Listing. */
+    bool listing_uidl;
+    uint32_t listing_next;
+
+    /* RETR / TOP. */
+    uint32_t xfer_n, xfer_uid;
+    bool xfer_started;
+    struct pop3_dotstuff ds;
+    uint64_t top_lines, top_offset, top_chunk, top_got;
+
+    /* QUIT. */
+    bool quit_partial; /* no UIDPLUS: \Deleted set but not expunged */
+
+    /* Totals for the summary line. */
+    uint32_t retr_count;
+    uint64_t retr_bytes;
+    uint32_t deleted_count;
+    struct session *prev, *next;
+};
+
+/* session.c */
+void session_reply(struct session *s, bool ok, const char *code, const char *text);
+void session_replyf(struct session *s, bool ok, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void session_append(struct session *s, const char *p, size_t len);
+void session_job_done(struct session *s);
+void session_close(struct session *s, const char *result);
+void session_update_io(struct session *s);
+void session_log(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *session_user_value(struct session *s, char *buf, size_t cap);
+
+/* session_auth.c */
+void session_cmd_user(struct session *s, const struct pop3_command *cmd);
+void session_cmd_pass(struct session *s, const struct pop3_command *cmd);
+/* Closes the upstream and leaves its free to the reaper (it may be inside its callback). */
+void session_drop_upstream(struct session *s);
+extern const struct upstream_handler session_upstream_handler;
+
+/* session_cmds.c */
+void session_cmd_capa(struct session *s);
+void session_cmd_stat(struct session *s);
+void session_cmd_list(struct session *s, const struct pop3_command *cmd, bool uidl);
+void session_continue_listing(struct session *s);
+void session_cmd_dele(struct session *s, const struct pop3_command *cmd);
+void session_cmd_rset(struct session *s);
+/* Looks message n up; on failure replies -ERR and returns NULL. */
+const struct maildrop_msg *session_message(struct session *s, uint32_t n);
+
+/* session_retr.c */
+void session_cmd_retr(struct session *s, const struct pop3_command *cmd);
+void session_cmd_top(struct session *s, const struct pop3_command *cmd);
+void session_retr_done(struct session *s, enum upstream_status st, const char *detail);
+size_t session_body_room(struct session *s);
+void session_body_begin(struct session *s, uint64_t size);
+void session_body_data(struct session *s, const char *p, size_t n);
+
+/* session_quit.c */
+void session_cmd_quit(struct session *s);
+void session_quit_done(struct session *s, enum upstream_status st, const char *detail);
+
+#endif

@@ -1,0 +1,1155 @@
+/* The IMAP client side of a session: connect, log in, snapshot, fetch, delete, log out. */
+#include "upstream.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "base64.h"
+#include "buffer.h"
+#include "conn.h"
+#include "imap_parser.h"
+#include "imap_writer.h"
+#include "log.h"
+
+/* Server bytes read per call; large reads keep the syscall count down on big messages. */
+#define UPSTREAM_IN_MAX (64 * 1024)
+/* Commands we queue: the largest is a login or one STORE/EXPUNGE set. */
+#define UPSTREAM_OUT_MAX (IMAP_CMD_MAX + 64)
+/* Longest UID set per STORE/EXPUNGE command; servers accept lines far longer. */
+#define UPSTREAM_SET_MAX    4000
+#define UPSTREAM_DETAIL_MAX 256
+#define UPSTREAM_TEXT_MAX   160
+
+enum stage {
+    ST_IDLE,
+    ST_CONNECTING,
+    ST_GREETING,
+    ST_CAPABILITY,
+    ST_AUTH,
+    ST_POSTCAPS,
+    ST_SELECT,
+    ST_SIZES,
+    ST_FETCH,
+    ST_STORE,
+    ST_EXPUNGE,
+    ST_LOGOUT,
+    ST_CLOSED,
+};
+
+/* What the response being parsed is, learnt token by token. */
+struct resp {
+    enum imap_resp_kind kind;
+    bool ours;     /* tagged with the tag of the running command */
+    unsigned pos;  /* top-level tokens seen so far */
+    bool numbered; /* "* <n> ..." */
+    uint32_t num;  /* that n */
+    char word[16]; /* OK, NO, BAD, BYE, PREAUTH, CAPABILITY, EXISTS, FETCH, ... */
+    char code[32]; /* the response code's name, if any */
+    char text[UPSTREAM_TEXT_MAX];
+    /* FETCH items at depth 1: name, then value. */
+    char item[32];
+    bool want_value;
+    unsigned skip_depth; /* >0: inside a list value being skipped */
+    bool has_uid, has_size;
+    uint32_t uid;
+    uint64_t size;
+    bool streaming; /* this literal is the fetched section */
+};
+
+struct upstream {
+    struct ev_loop *loop;
+    const struct config_upstream *cfg;
+    const struct config_limits *limits;
+    const struct upstream_handler *h;
+    void *ctx;
+    char session_id[16];
+
+    struct conn conn;
+    ev_io rio, wio;
+    ev_timer timer;
+    size_t addr_index;
+
+    struct buffer in, out;
+    struct imap_parser *parser;
+    struct resp r;
+    enum stage stage;
+    unsigned tag_seq;
+    char tag[12];
+    bool paused; /* the session has no room for section bytes */
+    bool busy;   /* an operation runs; done() is owed */
+    bool bye;
+    bool closed;
+
+    /* Capabilities. */
+    bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus;
+
+    /* Login. */
+    char *user, *pass;
+    size_t user_len, pass_len;
+    char *pending; /* the rest of a command waiting for "+" (synchronizing literals) */
+    size_t pending_len;
+    size_t pending_sync[IMAP_CMD_SYNC_MAX];
+    unsigned pending_nsync, pending_next;
+    bool auth_continued;
+
+    /* Snapshot. */
+    uint32_t uidvalidity, exists;
+    bool have_uidvalidity;
+    struct maildrop *md;
+
+    /* Fetch. */
+    uint32_t fetch_uid;
+    bool body_seen;
+
+    /* Delete. */
+    uint32_t *del_uids;
+    size_t del_n, del_pos;
+    bool del_expunge;
+
+    char detail[UPSTREAM_DETAIL_MAX];
+};
+
+static void process_input(struct upstream *u);
+static void update_io(struct upstream *u);
+
+const char *upstream_status_name(enum upstream_status st)
+{
+    switch (st) {
+    case UPSTREAM_OK:
+        return "ok";
+    case UPSTREAM_NO:
+        return "no";
+    case UPSTREAM_AUTH:
+        return "auth";
+    case UPSTREAM_CONNECT:
+        return "connect";
+    case UPSTREAM_TIMEOUT:
+        return "timeout";
+    case UPSTREAM_PROTOCOL:
+        return "protocol";
+    case UPSTREAM_CLOSED:
+        return "closed";
+    case UPSTREAM_INTERNAL:
+        return "internal";
+    }
+    return "unknown";
+}
+
+static void wipe_free(char **p, size_t len)
+{
+    if (*p != NULL) {
+        memset(*p, 0, len);
+        free(*p);
+        *p = NULL;
+    }
+}
+
+static void forget_credentials(struct upstream *u)
+{
+    wipe_free(&u->user, u->user_len);
+    wipe_free(&u->pass, u->pass_len);
+    wipe_free(&u->pending, u->pending_len);
+    u->pending_len = 0;
+}
+
+static void set_detail(struct upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void set_detail(struct upstream *u, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(u->detail, sizeof(u->detail), fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * Ends the running operation (or reports a failure between operations). A
+ * failure closes the connection first, so nothing runs after the callback.
+ */
+static void finish(struct upstream *u, enum upstream_status st)
+{
+    if (u->closed)
+        return;
+    bool fatal = st != UPSTREAM_OK && st != UPSTREAM_NO;
+    if (fatal)
+        upstream_close(u);
+    else
+        u->stage = ST_IDLE;
+    ev_timer_stop(u->loop, &u->timer);
+    bool was_busy = u->busy;
+    u->busy = false;
+    if (was_busy)
+        u->h->done(u->ctx, st, u->detail);
+    else if (fatal)
+        u->h->failed(u->ctx, st, u->detail);
+}
+
+static void fail(struct upstream *u, enum upstream_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail(struct upstream *u, enum upstream_status st, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(u->detail, sizeof(u->detail), fmt, ap);
+    va_end(ap);
+    finish(u, st);
+}
+
+static void arm_timer(struct upstream *u, uint32_t seconds)
+{
+    ev_timer_stop(u->loop, &u->timer);
+    ev_timer_set(&u->timer, (ev_tstamp)seconds, (ev_tstamp)seconds);
+    ev_timer_start(u->loop, &u->timer);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct upstream *u = w->data;
+    static const char *const stage_names[] = {
+        "idle",  "connect", "greeting", "capability", "login",  "capability", "select",
+        "sizes", "fetch",   "store",    "expunge",    "logout", "closed",
+    };
+    fail(u, UPSTREAM_TIMEOUT, "no answer from upstream during %s", stage_names[u->stage]);
+}
+
+/* Queues a complete command; for synchronizing literals only its first segment goes now. */
+static int send_cmd(struct upstream *u, struct imap_cmd *c)
+{
+    const char *error;
+    if (imap_cmd_end(c, &error) < 0) {
+        set_detail(u, "cannot encode command: %s", error);
+        return -1;
+    }
+    size_t first = c->nsync > 0 ? c->sync[0] : c->len;
+    if (buffer_append(&u->out, c->buf, first) < 0) {
+        set_detail(u, "command does not fit the output buffer");
+        return -1;
+    }
+    if (c->nsync > 0) {
+        u->pending = malloc(c->len);
+        if (u->pending == NULL) {
+            set_detail(u, "out of memory");
+            return -1;
+        }
+        memcpy(u->pending, c->buf, c->len);
+        u->pending_len = c->len;
+        memcpy(u->pending_sync, c->sync, sizeof(c->sync));
+        u->pending_nsync = c->nsync;
+        u->pending_next = 0;
+    }
+    arm_timer(u, u->limits->command_timeout);
+    return 0;
+}
+
+static void next_tag(struct upstream *u)
+{
+    snprintf(u->tag, sizeof(u->tag), "a%u", ++u->tag_seq);
+}
+
+/* Sends "<tag> <text>" built from trusted parts (no client bytes). */
+static int send_simple(struct upstream *u, const char *name, const char *args)
+{
+    struct imap_cmd *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        set_detail(u, "out of memory");
+        return -1;
+    }
+    next_tag(u);
+    imap_cmd_begin(c, u->tag, name, u->literal_plus);
+    if (args != NULL)
+        imap_cmd_raw(c, args);
+    int rc = send_cmd(u, c);
+    free(c);
+    return rc;
+}
+
+/* ---- capabilities ---- */
+
+static void cap_reset(struct upstream *u)
+{
+    u->caps_known = true;
+    u->literal_plus = u->sasl_ir = u->auth_plain = u->logindisabled = u->uidplus = false;
+}
+
+static void cap_add(struct upstream *u, const char *p, size_t len)
+{
+#define CAP_IS(s) (len == sizeof(s) - 1 && strncasecmp(p, s, len) == 0)
+    if (CAP_IS("LITERAL+"))
+        u->literal_plus = true;
+    else if (CAP_IS("SASL-IR"))
+        u->sasl_ir = true;
+    else if (CAP_IS("AUTH=PLAIN"))
+        u->auth_plain = true;
+    else if (CAP_IS("LOGINDISABLED"))
+        u->logindisabled = true;
+    else if (CAP_IS("UIDPLUS"))
+        u->uidplus = true;
+#undef CAP_IS
+}
+
+static void cap_parse_list(struct upstream *u, const char *p, size_t len)
+{
+    cap_reset(u);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && p[i] == ' ')
+            i++;
+        size_t start = i;
+        while (i < len && p[i] != ' ')
+            i++;
+        if (i > start)
+            cap_add(u, p + start, i - start);
+    }
+}
+
+/* ---- login stages ---- */
+
+static void start_select(struct upstream *u)
+{
+    u->stage = ST_SELECT;
+    if (send_simple(u, "SELECT", "INBOX") < 0)
+        finish(u, UPSTREAM_INTERNAL);
+}
+
+static void start_auth(struct upstream *u)
+{
+    if (u->logindisabled && !u->auth_plain) {
+        fail(u, UPSTREAM_PROTOCOL, "upstream announces LOGINDISABLED and no AUTH=PLAIN");
+        return;
+    }
+    struct imap_cmd *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        fail(u, UPSTREAM_INTERNAL, "out of memory");
+        return;
+    }
+    next_tag(u);
+    u->stage = ST_AUTH;
+    u->auth_continued = false;
+    int rc;
+    if (u->auth_plain) {
+        /* authzid NUL authcid NUL password, base64 (RFC 4616): no quoting questions. */
+        size_t raw_len = 1 + u->user_len + 1 + u->pass_len;
+        size_t b64_cap = BASE64_ENCODED_SIZE(raw_len);
+        char *raw = malloc(raw_len);
+        char *b64 = malloc(b64_cap);
+        long n = -1;
+        if (raw != NULL && b64 != NULL) {
+            raw[0] = '\0';
+            memcpy(raw + 1, u->user, u->user_len);
+            raw[1 + u->user_len] = '\0';
+            memcpy(raw + 2 + u->user_len, u->pass, u->pass_len);
+            n = base64_encode(raw, raw_len, b64, b64_cap);
+        }
+        if (n < 0 || (size_t)n + 64 > IMAP_CMD_MAX) {
+            set_detail(u, "login does not fit a command");
+            rc = -1;
+        } else if (u->sasl_ir) {
+            imap_cmd_begin(c, u->tag, "AUTHENTICATE PLAIN", u->literal_plus);
+            imap_cmd_raw(c, b64);
+            rc = send_cmd(u, c);
+        } else {
+            /* The response goes as a continuation line after the server's "+". */
+            imap_cmd_begin(c, u->tag, "AUTHENTICATE PLAIN", u->literal_plus);
+            rc = send_cmd(u, c);
+            if (rc == 0) {
+                u->pending_len = (size_t)n + 2;
+                u->pending = malloc(u->pending_len);
+                if (u->pending == NULL) {
+                    rc = -1;
+                } else {
+                    memcpy(u->pending, b64, (size_t)n);
+                    memcpy(u->pending + n, "\r\n", 2);
+                    u->pending_nsync = 0;
+                    u->pending_next = 0;
+                }
+            }
+        }
+        if (raw != NULL)
+            wipe_free(&raw, raw_len);
+        if (b64 != NULL)
+            wipe_free(&b64, b64_cap);
+    } else {
+        imap_cmd_begin(c, u->tag, "LOGIN", u->literal_plus);
+        imap_cmd_string(c, u->user, u->user_len);
+        imap_cmd_string(c, u->pass, u->pass_len);
+        rc = send_cmd(u, c);
+    }
+    memset(c, 0, sizeof(*c));
+    free(c);
+    if (rc < 0) {
+        finish(u, UPSTREAM_INTERNAL);
+        return;
+    }
+    /* Capabilities may change after login (RFC 3501 6.2.2): learn them again. */
+    u->caps_known = false;
+    /* The command (or its pending rest) now holds what is needed. */
+    wipe_free(&u->user, u->user_len);
+    wipe_free(&u->pass, u->pass_len);
+}
+
+/* A "+" arrived: send the next part of the running command. */
+static void on_continuation(struct upstream *u)
+{
+    if (u->pending == NULL) {
+        if (u->stage == ST_AUTH) {
+            /* The server wants more SASL data than PLAIN has: cancel. */
+            (void)buffer_append(&u->out, "*\r\n", 3);
+            return;
+        }
+        fail(u, UPSTREAM_PROTOCOL, "unexpected continuation request");
+        return;
+    }
+    size_t from = u->pending_nsync > 0 ? u->pending_sync[u->pending_next] : 0;
+    size_t to = u->pending_next + 1 < u->pending_nsync ? u->pending_sync[u->pending_next + 1]
+                                                       : u->pending_len;
+    if (buffer_append(&u->out, u->pending + from, to - from) < 0) {
+        fail(u, UPSTREAM_INTERNAL, "continuation does not fit the output buffer");
+        return;
+    }
+    u->pending_next++;
+    if (u->pending_nsync == 0 || u->pending_next >= u->pending_nsync)
+        wipe_free(&u->pending, u->pending_len);
+}
+
+static enum upstream_status classify_login_no(const struct resp *r)
+{
+    /* RFC 5530: these codes say the server, not the password, is the problem. */
+    static const char *const temporary[] = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE",
+                                            "CONTACTADMIN"};
+    for (size_t i = 0; i < sizeof(temporary) / sizeof(temporary[0]); i++)
+        if (strcasecmp(r->code, temporary[i]) == 0)
+            return UPSTREAM_CONNECT;
+    return UPSTREAM_AUTH;
+}
+
+/* ---- tagged completions ---- */
+
+static void start_next_delete(struct upstream *u);
+
+static void on_tagged(struct upstream *u)
+{
+    struct resp *r = &u->r;
+    bool ok = strcasecmp(r->word, "OK") == 0;
+    bool no = strcasecmp(r->word, "NO") == 0;
+    if (u->pending != NULL && u->stage != ST_AUTH)
+        wipe_free(&u->pending, u->pending_len);
+    if (!ok && !no) {
+        fail(u, UPSTREAM_PROTOCOL, "upstream answered %s to %s: %s", r->word, u->tag, r->text);
+        return;
+    }
+    switch (u->stage) {
+    case ST_CAPABILITY:
+        if (!ok) {
+            fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
+            return;
+        }
+        start_auth(u);
+        return;
+    case ST_AUTH:
+        wipe_free(&u->pending, u->pending_len);
+        if (!ok) {
+            enum upstream_status st = classify_login_no(r);
+            fail(u, st, "login refused%s%s%s: %s", r->code[0] ? " [" : "", r->code,
+                 r->code[0] ? "]" : "", r->text);
+            return;
+        }
+        if (!u->caps_known) {
+            u->stage = ST_POSTCAPS;
+            if (send_simple(u, "CAPABILITY", NULL) < 0)
+                finish(u, UPSTREAM_INTERNAL);
+            return;
+        }
+        start_select(u);
+        return;
+    case ST_POSTCAPS:
+        if (!ok) {
+            fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
+            return;
+        }
+        start_select(u);
+        return;
+    case ST_SELECT:
+        if (!ok) {
+            fail(u, UPSTREAM_CONNECT, "SELECT INBOX refused: %s", r->text);
+            return;
+        }
+        if (!u->have_uidvalidity) {
+            fail(u, UPSTREAM_PROTOCOL, "SELECT gave no UIDVALIDITY");
+            return;
+        }
+        u->md = maildrop_new(u->uidvalidity);
+        if (u->md == NULL) {
+            fail(u, UPSTREAM_INTERNAL, "out of memory");
+            return;
+        }
+        if (u->exists == 0) {
+            maildrop_seal(u->md);
+            finish(u, UPSTREAM_OK);
+            return;
+        }
+        u->stage = ST_SIZES;
+        if (send_simple(u, "UID FETCH", "1:* (UID RFC822.SIZE)") < 0)
+            finish(u, UPSTREAM_INTERNAL);
+        return;
+    case ST_SIZES:
+        if (!ok) {
+            fail(u, UPSTREAM_PROTOCOL, "size fetch refused: %s", r->text);
+            return;
+        }
+        maildrop_seal(u->md);
+        finish(u, UPSTREAM_OK);
+        return;
+    case ST_FETCH:
+        if (!ok)
+            set_detail(u, "fetch of uid %u refused: %s", u->fetch_uid, r->text);
+        finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
+        return;
+    case ST_STORE:
+    case ST_EXPUNGE:
+        if (!ok) {
+            set_detail(u, "%s refused: %s", u->stage == ST_STORE ? "STORE" : "UID EXPUNGE",
+                       r->text);
+            finish(u, UPSTREAM_NO);
+            return;
+        }
+        start_next_delete(u);
+        return;
+    case ST_LOGOUT:
+        finish(u, UPSTREAM_OK);
+        return;
+    default:
+        fail(u, UPSTREAM_PROTOCOL, "tagged reply %s in an unexpected state", u->tag);
+        return;
+    }
+}
+
+/* ---- untagged responses ---- */
+
+static void on_greeting(struct upstream *u)
+{
+    struct resp *r = &u->r;
+    if (strcasecmp(r->word, "OK") == 0) {
+        if (u->caps_known) {
+            start_auth(u);
+            return;
+        }
+        u->stage = ST_CAPABILITY;
+        if (send_simple(u, "CAPABILITY", NULL) < 0)
+            finish(u, UPSTREAM_INTERNAL);
+        return;
+    }
+    if (strcasecmp(r->word, "PREAUTH") == 0) {
+        /* Logged in as someone before we said who: never serve that mailbox. */
+        fail(u, UPSTREAM_PROTOCOL, "upstream greeted with PREAUTH; refusing");
+        return;
+    }
+    if (strcasecmp(r->word, "BYE") == 0) {
+        fail(u, UPSTREAM_CONNECT, "upstream refused the connection: %s", r->text);
+        return;
+    }
+    fail(u, UPSTREAM_PROTOCOL, "bad greeting");
+}
+
+static void on_untagged_end(struct upstream *u)
+{
+    struct resp *r = &u->r;
+    if (u->stage == ST_GREETING) {
+        on_greeting(u);
+        return;
+    }
+    if (strcasecmp(r->word, "BYE") == 0) {
+        u->bye = true;
+        set_detail(u, "upstream said BYE: %s", r->text);
+        return;
+    }
+    if (r->numbered && strcasecmp(r->word, "EXISTS") == 0) {
+        u->exists = r->num;
+        return;
+    }
+    if (r->numbered && strcasecmp(r->word, "FETCH") == 0 && u->stage == ST_SIZES && r->has_uid &&
+        r->has_size) {
+        if (maildrop_add(u->md, r->uid, r->size) < 0)
+            fail(u, UPSTREAM_INTERNAL, "out of memory for the snapshot");
+        return;
+    }
+}
+
+static void on_code(struct upstream *u, const struct imap_event *ev)
+{
+    struct resp *r = &u->r;
+    size_t n = ev->str.len < sizeof(r->code) - 1 ? ev->str.len : sizeof(r->code) - 1;
+    memcpy(r->code, ev->str.p, n);
+    r->code[n] = '\0';
+    if (strcasecmp(r->code, "CAPABILITY") == 0) {
+        cap_parse_list(u, ev->args.p, ev->args.len);
+    } else if (strcasecmp(r->code, "UIDVALIDITY") == 0) {
+        char num[16];
+        size_t len = ev->args.len < sizeof(num) - 1 ? ev->args.len : sizeof(num) - 1;
+        memcpy(num, ev->args.p, len);
+        num[len] = '\0';
+        char *end;
+        unsigned long v = strtoul(num, &end, 10);
+        if (len > 0 && *end == '\0' && v > 0 && v <= UINT32_MAX) {
+            u->uidvalidity = (uint32_t)v;
+            u->have_uidvalidity = true;
+        }
+    }
+}
+
+static void copy_word(char *dst, size_t cap, const struct imap_slice *s)
+{
+    size_t n = s->len < cap - 1 ? s->len : cap - 1;
+    memcpy(dst, s->p, n);
+    dst[n] = '\0';
+}
+
+/* A value of a FETCH item at depth 1 (atom, string, NIL or a literal's start). */
+static void fetch_value_atom(struct upstream *u, const struct imap_event *ev)
+{
+    struct resp *r = &u->r;
+    if (strcasecmp(r->item, "UID") == 0 && ev->is_number && ev->num <= UINT32_MAX) {
+        r->uid = (uint32_t)ev->num;
+        r->has_uid = true;
+    } else if (strcasecmp(r->item, "RFC822.SIZE") == 0 && ev->is_number) {
+        r->size = ev->num;
+        r->has_size = true;
+    }
+}
+
+static bool is_section_item(const char *item)
+{
+    return strncasecmp(item, "BODY[", 5) == 0 || strncasecmp(item, "BINARY[", 7) == 0 ||
+           strcasecmp(item, "RFC822") == 0;
+}
+
+/* Whether this FETCH's section is the one the running command asked for. */
+static bool section_wanted(struct upstream *u)
+{
+    struct resp *r = &u->r;
+    return u->stage == ST_FETCH && r->numbered && is_section_item(r->item) &&
+           (!r->has_uid || r->uid == u->fetch_uid);
+}
+
+static void section_string(struct upstream *u, const char *p, size_t len)
+{
+    if (!section_wanted(u))
+        return;
+    u->body_seen = true;
+    u->h->body_begin(u->ctx, len);
+    if (len > 0 && !u->closed)
+        u->h->body_data(u->ctx, p, len);
+    if (!u->closed)
+        u->h->body_end(u->ctx);
+}
+
+static void on_token(struct upstream *u, const struct imap_event *ev)
+{
+    struct resp *r = &u->r;
+    unsigned depth = ev->depth;
+    if (ev->type == IMAP_EV_LIST_BEGIN)
+        depth = ev->depth - 1; /* where the list itself stands */
+    if (ev->type == IMAP_EV_LIST_END)
+        depth = ev->depth; /* after it */
+
+    if (depth == 0) {
+        if (ev->type == IMAP_EV_LIST_BEGIN || ev->type == IMAP_EV_LIST_END) {
+            r->pos++;
+            r->want_value = false;
+            return;
+        }
+        if (r->pos == 0 && r->kind == IMAP_RESP_UNTAGGED && ev->type == IMAP_EV_ATOM &&
+            ev->is_number && ev->num <= UINT32_MAX) {
+            r->numbered = true;
+            r->num = (uint32_t)ev->num;
+        } else if ((r->pos == 0 && !r->numbered) || (r->pos == 1 && r->numbered)) {
+            if (ev->type == IMAP_EV_ATOM)
+                copy_word(r->word, sizeof(r->word), &ev->str);
+        } else if (r->kind == IMAP_RESP_UNTAGGED && strcasecmp(r->word, "CAPABILITY") == 0 &&
+                   ev->type == IMAP_EV_ATOM) {
+            if (r->pos == 1)
+                cap_reset(u);
+            cap_add(u, ev->str.p, ev->str.len);
+        }
+        r->pos++;
+        return;
+    }
+
+    /* Inside lists: only FETCH's item list at depth 1 matters. */
+    if (!(r->numbered && strcasecmp(r->word, "FETCH") == 0))
+        return;
+    if (r->skip_depth > 0) {
+        if (ev->type == IMAP_EV_LIST_END && ev->depth < r->skip_depth) {
+            r->skip_depth = 0;
+            r->want_value = false;
+        }
+        return;
+    }
+    if (depth != 1)
+        return;
+    if (!r->want_value) {
+        if (ev->type == IMAP_EV_ATOM) {
+            copy_word(r->item, sizeof(r->item), &ev->str);
+            r->want_value = true;
+        }
+        return;
+    }
+    switch (ev->type) {
+    case IMAP_EV_ATOM:
+        fetch_value_atom(u, ev);
+        r->want_value = false;
+        break;
+    case IMAP_EV_STRING:
+        section_string(u, ev->str.p, ev->str.len);
+        r->want_value = false;
+        break;
+    case IMAP_EV_NIL:
+        section_string(u, "", 0);
+        r->want_value = false;
+        break;
+    case IMAP_EV_LIST_BEGIN:
+        r->skip_depth = ev->depth; /* FLAGS (...), BODYSTRUCTURE (...) */
+        break;
+    case IMAP_EV_LITERAL_BEGIN:
+        r->streaming = section_wanted(u);
+        if (r->streaming) {
+            u->body_seen = true;
+            u->h->body_begin(u->ctx, ev->num);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_event(struct upstream *u, const struct imap_event *ev)
+{
+    struct resp *r = &u->r;
+    switch (ev->type) {
+    case IMAP_EV_BEGIN:
+        memset(r, 0, sizeof(*r));
+        r->kind = ev->kind;
+        r->ours = ev->kind == IMAP_RESP_TAGGED && ev->str.len == strlen(u->tag) &&
+                  memcmp(ev->str.p, u->tag, ev->str.len) == 0;
+        return;
+    case IMAP_EV_CODE:
+        on_code(u, ev);
+        return;
+    case IMAP_EV_TEXT:
+        copy_word(r->text, sizeof(r->text), &ev->str);
+        return;
+    case IMAP_EV_LITERAL_DATA:
+        if (r->streaming)
+            u->h->body_data(u->ctx, ev->str.p, ev->str.len);
+        return;
+    case IMAP_EV_LITERAL_END:
+        if (r->streaming) {
+            r->streaming = false;
+            u->h->body_end(u->ctx);
+        }
+        r->want_value = false;
+        if (r->skip_depth == 0 && ev->depth == 0)
+            r->pos++;
+        return;
+    case IMAP_EV_END:
+        if (r->kind == IMAP_RESP_CONTINUATION) {
+            on_continuation(u);
+        } else if (r->kind == IMAP_RESP_UNTAGGED) {
+            on_untagged_end(u);
+        } else if (r->ours) {
+            on_tagged(u);
+        } else {
+            fail(u, UPSTREAM_PROTOCOL, "reply with an unknown tag");
+        }
+        return;
+    default:
+        on_token(u, ev);
+        return;
+    }
+}
+
+/* ---- I/O ---- */
+
+static void process_input(struct upstream *u)
+{
+    while (!u->closed && buffer_len(&u->in) > 0) {
+        size_t len = buffer_len(&u->in);
+        size_t feed = len;
+        if (u->r.streaming && imap_parser_in_literal(u->parser)) {
+            size_t room = u->h->body_room(u->ctx);
+            if (u->closed)
+                return;
+            if (room == 0) {
+                /* The client is the slow side now: its own idle timer watches it. */
+                u->paused = true;
+                ev_timer_stop(u->loop, &u->timer);
+                break;
+            }
+            if (feed > room)
+                feed = room;
+        }
+        size_t consumed = 0;
+        struct imap_event ev;
+        const char *error = NULL;
+        enum imap_ev t =
+            imap_parser_feed(u->parser, buffer_data(&u->in), feed, &consumed, &ev, &error);
+        if (t == IMAP_EV_ERROR) {
+            fail(u, UPSTREAM_PROTOCOL, "bad response from upstream: %s", error);
+            return;
+        }
+        /* LITERAL_DATA points into the buffer: use it before consuming. */
+        if (t != IMAP_EV_MORE)
+            on_event(u, &ev);
+        if (u->closed)
+            return;
+        buffer_consume(&u->in, consumed);
+        if (t == IMAP_EV_MORE)
+            break;
+    }
+    if (!u->closed)
+        u->paused = u->paused && buffer_len(&u->in) > 0;
+}
+
+static void do_read(struct upstream *u)
+{
+    size_t avail;
+    char *space = buffer_space(&u->in, &avail);
+    if (space == NULL)
+        return; /* full: process_input first */
+    size_t n = 0;
+    enum conn_status st = conn_read(&u->conn, space, avail, &n);
+    switch (st) {
+    case CONN_DONE:
+        buffer_commit(&u->in, n);
+        if (u->busy)
+            ev_timer_again(u->loop, &u->timer);
+        process_input(u);
+        return;
+    case CONN_AGAIN:
+        return;
+    case CONN_EOF:
+        if (u->stage == ST_LOGOUT) {
+            finish(u, UPSTREAM_OK);
+            return;
+        }
+        fail(u, UPSTREAM_CLOSED, "%s", u->bye ? u->detail : "upstream closed the connection");
+        return;
+    case CONN_ERROR:
+        fail(u, UPSTREAM_CLOSED, "upstream read failed: %s", strerror(errno));
+        return;
+    }
+}
+
+static void do_write(struct upstream *u)
+{
+    while (buffer_len(&u->out) > 0) {
+        size_t n = 0;
+        enum conn_status st = conn_write(&u->conn, buffer_data(&u->out), buffer_len(&u->out), &n);
+        if (st == CONN_AGAIN)
+            return;
+        if (st != CONN_DONE) {
+            fail(u, UPSTREAM_CLOSED, "upstream write failed: %s", strerror(errno));
+            return;
+        }
+        buffer_consume(&u->out, n);
+    }
+    buffer_shrink(&u->out);
+}
+
+static void try_connect(struct upstream *u);
+
+static void connected(struct upstream *u)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(u->conn.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err != 0) {
+        char addr[64];
+        conn_format_addr(&u->cfg->addrs[u->addr_index], addr, sizeof(addr));
+        set_detail(u, "connect to %s failed: %s", addr, strerror(err));
+        conn_close(&u->conn);
+        u->addr_index++;
+        try_connect(u);
+        return;
+    }
+    u->stage = ST_GREETING;
+    arm_timer(u, u->limits->connect_timeout);
+}
+
+static void update_io(struct upstream *u)
+{
+    if (u->closed)
+        return;
+    bool want_read, want_write;
+    if (u->stage == ST_CONNECTING) {
+        want_read = false;
+        want_write = true;
+    } else {
+        want_read = !u->paused && buffer_room(&u->in) > 0;
+        want_write = buffer_len(&u->out) > 0;
+    }
+    if (want_read && !ev_is_active(&u->rio))
+        ev_io_start(u->loop, &u->rio);
+    else if (!want_read && ev_is_active(&u->rio))
+        ev_io_stop(u->loop, &u->rio);
+    if (want_write && !ev_is_active(&u->wio))
+        ev_io_start(u->loop, &u->wio);
+    else if (!want_write && ev_is_active(&u->wio))
+        ev_io_stop(u->loop, &u->wio);
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct upstream *u = w->data;
+    if (u->stage == ST_CONNECTING) {
+        connected(u);
+    } else {
+        if ((revents & EV_WRITE) && !u->closed)
+            do_write(u);
+        if ((revents & EV_READ) && !u->closed)
+            do_read(u);
+        /* Replies queued while reading go out now, without another loop turn. */
+        if (!u->closed && buffer_len(&u->out) > 0)
+            do_write(u);
+    }
+    update_io(u);
+}
+
+static void try_connect(struct upstream *u)
+{
+    for (; u->addr_index < u->cfg->naddrs; u->addr_index++) {
+        const struct sockaddr_storage *sa = &u->cfg->addrs[u->addr_index];
+        int fd = socket(sa->ss_family, SOCK_STREAM, 0);
+        if (fd < 0) {
+            set_detail(u, "socket: %s", strerror(errno));
+            continue;
+        }
+        if (conn_prepare_fd(fd) < 0) {
+            set_detail(u, "socket setup: %s", strerror(errno));
+            close(fd);
+            continue;
+        }
+        conn_init_plain(&u->conn, fd);
+        ev_io_set(&u->rio, fd, EV_READ);
+        ev_io_set(&u->wio, fd, EV_WRITE);
+        if (connect(fd, (const struct sockaddr *)sa, u->cfg->addr_lens[u->addr_index]) == 0 ||
+            errno == EINPROGRESS) {
+            u->stage = ST_CONNECTING;
+            arm_timer(u, u->limits->connect_timeout);
+            update_io(u);
+            return;
+        }
+        char addr[64];
+        conn_format_addr(sa, addr, sizeof(addr));
+        set_detail(u, "connect to %s failed: %s", addr, strerror(errno));
+        conn_close(&u->conn);
+    }
+    if (u->detail[0] == '\0')
+        set_detail(u, "upstream %s has no address", u->cfg->name);
+    finish(u, UPSTREAM_CONNECT);
+}
+
+/* ---- public API ---- */
+
+struct upstream *upstream_new(struct ev_loop *loop, const struct config_upstream *cfg,
+                              const struct config_limits *limits, const char *session_id,
+                              const struct upstream_handler *h, void *ctx)
+{
+    struct upstream *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return NULL;
+    u->parser = imap_parser_new();
+    if (u->parser == NULL) {
+        free(u);
+        return NULL;
+    }
+    u->loop = loop;
+    u->cfg = cfg;
+    u->limits = limits;
+    u->h = h;
+    u->ctx = ctx;
+    snprintf(u->session_id, sizeof(u->session_id), "%s", session_id);
+    conn_init_plain(&u->conn, -1);
+    buffer_init(&u->in, UPSTREAM_IN_MAX, false);
+    /* The output holds login commands: wipe it when it is released. */
+    buffer_init(&u->out, UPSTREAM_OUT_MAX, true);
+    ev_io_init(&u->rio, io_cb, -1, EV_READ);
+    ev_io_init(&u->wio, io_cb, -1, EV_WRITE);
+    u->rio.data = u->wio.data = u;
+    ev_init(&u->timer, timer_cb);
+    u->timer.data = u;
+    u->stage = ST_IDLE;
+    return u;
+}
+
+void upstream_close(struct upstream *u)
+{
+    if (u->closed)
+        return;
+    ev_io_stop(u->loop, &u->rio);
+    ev_io_stop(u->loop, &u->wio);
+    ev_timer_stop(u->loop, &u->timer);
+    conn_close(&u->conn);
+    forget_credentials(u);
+    u->closed = true;
+    u->stage = ST_CLOSED;
+}
+
+void upstream_free(struct upstream **up)
+{
+    struct upstream *u = *up;
+    if (u == NULL)
+        return;
+    upstream_close(u);
+    buffer_free(&u->in);
+    buffer_free(&u->out);
+    imap_parser_free(&u->parser);
+    maildrop_free(&u->md);
+    free(u->del_uids);
+    free(u);
+    *up = NULL;
+}
+
+void upstream_free_cb(void *p)
+{
+    struct upstream *u = p;
+    upstream_free(&u);
+}
+
+static char *dup_bytes(const char *p, size_t len)
+{
+    char *d = malloc(len + 1);
+    if (d != NULL) {
+        memcpy(d, p, len);
+        d[len] = '\0';
+    }
+    return d;
+}
+
+void upstream_login(struct upstream *u, const char *user, size_t user_len, const char *pass,
+                    size_t pass_len)
+{
+    u->busy = true;
+    u->detail[0] = '\0';
+    u->user = dup_bytes(user, user_len);
+    u->pass = dup_bytes(pass, pass_len);
+    u->user_len = user_len;
+    u->pass_len = pass_len;
+    if (u->user == NULL || u->pass == NULL) {
+        fail(u, UPSTREAM_INTERNAL, "out of memory");
+        return;
+    }
+    u->addr_index = 0;
+    try_connect(u);
+}
+
+struct maildrop *upstream_take_maildrop(struct upstream *u)
+{
+    struct maildrop *md = u->md;
+    u->md = NULL;
+    return md;
+}
+
+bool upstream_has_uidplus(const struct upstream *u)
+{
+    return u->uidplus;
+}
+
+static void run_command(struct upstream *u, enum stage stage, const char *name, const char *args)
+{
+    u->busy = true;
+    u->detail[0] = '\0';
+    u->stage = stage;
+    if (send_simple(u, name, args) < 0) {
+        finish(u, UPSTREAM_INTERNAL);
+        return;
+    }
+    /* No parsing here: this may run inside process_input's own callback chain. */
+    update_io(u);
+}
+
+void upstream_fetch(struct upstream *u, uint32_t uid, const char *item)
+{
+    char args[96];
+    snprintf(args, sizeof(args), "%u (%s)", uid, item);
+    u->fetch_uid = uid;
+    u->body_seen = false;
+    run_command(u, ST_FETCH, "UID FETCH", args);
+}
+
+static void start_next_delete(struct upstream *u)
+{
+    if (u->del_pos >= u->del_n) {
+        if (u->stage == ST_STORE && u->del_expunge) {
+            u->stage = ST_EXPUNGE;
+            u->del_pos = 0;
+        } else {
+            finish(u, UPSTREAM_OK);
+            return;
+        }
+    }
+    char set[UPSTREAM_SET_MAX + 64];
+    size_t used = 0;
+    size_t len = imap_writer_uid_set(set, UPSTREAM_SET_MAX, u->del_uids + u->del_pos,
+                                     u->del_n - u->del_pos, &used);
+    if (len == 0 || used == 0) {
+        fail(u, UPSTREAM_INTERNAL, "cannot write a UID set");
+        return;
+    }
+    u->del_pos += used;
+    int rc;
+    if (u->stage == ST_STORE) {
+        memcpy(set + len, " +FLAGS.SILENT (\\Deleted)", sizeof(" +FLAGS.SILENT (\\Deleted)"));
+        rc = send_simple(u, "UID STORE", set);
+    } else {
+        rc = send_simple(u, "UID EXPUNGE", set);
+    }
+    if (rc < 0)
+        finish(u, UPSTREAM_INTERNAL);
+}
+
+void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge)
+{
+    u->busy = true;
+    u->detail[0] = '\0';
+    free(u->del_uids);
+    u->del_uids = malloc((n ? n : 1) * sizeof(*uids));
+    if (u->del_uids == NULL) {
+        fail(u, UPSTREAM_INTERNAL, "out of memory");
+        return;
+    }
+    memcpy(u->del_uids, uids, n * sizeof(*uids));
+    u->del_n = n;
+    u->del_pos = 0;
+    u->del_expunge = expunge;
+    u->stage = ST_STORE;
+    start_next_delete(u);
+    update_io(u);
+}
+
+void upstream_logout(struct upstream *u)
+{
+    run_command(u, ST_LOGOUT, "LOGOUT", NULL);
+}
+
+void upstream_resume(struct upstream *u)
+{
+    if (u->closed || !u->paused)
+        return;
+    u->paused = false;
+    if (u->busy)
+        ev_timer_again(u->loop, &u->timer);
+    process_input(u);
+    update_io(u);
+}

@@ -1,0 +1,99 @@
+/* The IMAP client side of a session: one connection to the user's upstream server. */
+#ifndef POPGATE_UPSTREAM_H
+#define POPGATE_UPSTREAM_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "maildrop.h"
+
+/* The outcome classes of an upstream operation; each maps to one POP3 response code. */
+enum upstream_status {
+    UPSTREAM_OK,
+    UPSTREAM_NO,       /* the server answered NO (e.g. the message was expunged) */
+    UPSTREAM_AUTH,     /* the server refused the credentials */
+    UPSTREAM_CONNECT,  /* cannot connect, refused at greeting, or [UNAVAILABLE] */
+    UPSTREAM_TIMEOUT,  /* no answer in time */
+    UPSTREAM_PROTOCOL, /* malformed or unexpected response, BAD, or no usable login */
+    UPSTREAM_CLOSED,   /* the connection broke or the server said BYE */
+    UPSTREAM_INTERNAL, /* out of memory, or a string IMAP cannot carry */
+};
+
+const char *upstream_status_name(enum upstream_status st);
+
+/*
+ * What the session hears. Callbacks run inside the upstream's I/O callbacks:
+ * they must not free the upstream (use upstream_close; free through the reaper).
+ */
+struct upstream_handler {
+    /* The operation started last finished. detail is for the log only. */
+    void (*done)(void *ctx, enum upstream_status st, const char *detail);
+    /* The connection failed while no operation was running. */
+    void (*failed)(void *ctx, enum upstream_status st, const char *detail);
+    /* Literal bytes of the fetched section the session can take now; 0 pauses
+     * reading from the server until upstream_resume(). */
+    size_t (*body_room)(void *ctx);
+    void (*body_begin)(void *ctx, uint64_t size);
+    void (*body_data)(void *ctx, const char *p, size_t n);
+    void (*body_end)(void *ctx);
+};
+
+struct upstream;
+
+/* Returns a new, unconnected upstream owned by the caller, or NULL. cfg and
+ * limits must outlive it. */
+struct upstream *upstream_new(struct ev_loop *loop, const struct config_upstream *cfg,
+                              const struct config_limits *limits, const char *session_id,
+                              const struct upstream_handler *h, void *ctx);
+
+/* Stops all I/O and closes the socket; no callback runs after this. Safe inside
+ * a callback. */
+void upstream_close(struct upstream *u);
+
+/* Closes and frees. Not from inside one of its own callbacks. */
+void upstream_free(struct upstream **u);
+
+/* Same, with the signature reaper_add() takes. */
+void upstream_free_cb(void *u);
+
+/*
+ * Connects, reads the greeting and capabilities, logs in as user with pass
+ * (AUTHENTICATE PLAIN, with SASL-IR when offered, else LOGIN), SELECTs INBOX
+ * and fetches every message's UID and size. done() reports the result; on OK
+ * upstream_take_maildrop() has the sealed snapshot. The password is copied,
+ * and wiped as soon as the login command is written.
+ */
+void upstream_login(struct upstream *u, const char *user, size_t user_len, const char *pass,
+                    size_t pass_len);
+
+/* Gives the snapshot built by upstream_login() to the caller (once). */
+struct maildrop *upstream_take_maildrop(struct upstream *u);
+
+/* True when the server announced UIDPLUS (UID EXPUNGE). */
+bool upstream_has_uidplus(const struct upstream *u);
+
+/*
+ * UID FETCH uid (item), item being e.g. "BODY.PEEK[]", "BODY.PEEK[HEADER]",
+ * "BODY.PEEK[TEXT]<0.65536>". The section's bytes go to body_begin/data/end;
+ * done() follows the tagged reply. A reply without the section (the message
+ * was expunged) is done(OK) with no body_begin.
+ */
+void upstream_fetch(struct upstream *u, uint32_t uid, const char *item);
+
+/*
+ * Sets \Deleted on uids[0..n) (sorted, distinct) and, when expunge is true,
+ * removes exactly them with UID EXPUNGE, in as few commands as the sets allow.
+ * The array is copied.
+ */
+void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge);
+
+/* LOGOUT; done() when the server has answered (or closed). */
+void upstream_logout(struct upstream *u);
+
+/* The session has room again: continue a paused section. */
+void upstream_resume(struct upstream *u);
+
+#endif

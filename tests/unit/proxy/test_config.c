@@ -1,0 +1,592 @@
+/* Tests of config loading: each broken file gives its exact error text; good files load
+ * with their defaults applied. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <check.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The tests run in a fresh folder, so messages name "popgate.json" as given. */
+static char test_dir[] = "/tmp/popgate-test-config-XXXXXX";
+
+/* Config texts are written with ' for " to stay readable; no case needs a real '. */
+static void write_config(const char *name, const char *text)
+{
+    FILE *f = fopen(name, "w");
+    ck_assert_ptr_nonnull(f);
+    for (const char *p = text; *p != '\0'; p++)
+        fputc(*p == '\'' ? '"' : *p, f);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+static struct config *load_text(const char *text, char **errors_r)
+{
+    write_config("popgate.json", text);
+    return config_load("popgate.json", errors_r);
+}
+
+#define LISTENERS "'listeners': [{'address': '127.0.0.1:1110'}]"
+#define UPSTREAMS "'upstreams': {'main': {'host': '127.0.0.1', 'port': 143}}"
+#define ROUTES    "'routes': [{'default': true, 'upstream': 'main'}]"
+#define STATE     "'state': {'dir': '/var/lib/popgate'}"
+#define GOOD      "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", " STATE "}"
+
+/* A good config with one section replaced. */
+#define WITH_LISTENERS(x) "{'listeners': " x ", " UPSTREAMS ", " ROUTES ", " STATE "}"
+#define WITH_ADDRESS(a)   WITH_LISTENERS("[{'address': '" a "'}]")
+#define WITH_UPSTREAMS(x) "{" LISTENERS ", 'upstreams': " x ", " ROUTES ", " STATE "}"
+#define WITH_MAIN(x)      WITH_UPSTREAMS("{'main': " x "}")
+#define WITH_ROUTES(x)    "{" LISTENERS ", " UPSTREAMS ", 'routes': " x ", " STATE "}"
+#define WITH_STATE(x)     "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", 'state': " x "}"
+#define WITH_LIMITS(x)    "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", " STATE ", 'limits': " x "}"
+
+#define F        "popgate.json: "
+#define ONE      "popgate: 1 error in popgate.json\n"
+#define ERRORS_N "errors in popgate.json\n"
+#define FORMS    "(expected \"IPv4:port\" or \"[IPv6]:port\")"
+
+struct bad_case {
+    const char *name;
+    const char *json;
+    const char *expected;
+};
+
+static const struct bad_case bad_cases[] = {
+    /* Syntax: jansson's line and column (the end of the token it stopped at). */
+    {"syntax missing comma", "{\n  'listeners': []\n  'upstreams': {}\n}\n",
+     "popgate.json:3:13: error: invalid JSON: '}' expected near '\"upstreams\"'\n" ONE},
+    {"syntax duplicate key", "{\n  'state': {},\n  'state': {}\n}\n",
+     "popgate.json:3:9: error: invalid JSON: duplicate object key near '\"state\"'\n" ONE},
+    {"syntax empty file", "",
+     "popgate.json:1:0: error: invalid JSON: '[' or '{' expected near end of file\n" ONE},
+    {"syntax truncated", "{'listeners': [\n",
+     "popgate.json:2:0: error: invalid JSON: ']' expected near end of file\n" ONE},
+
+    /* jansson quotes the raw byte it stopped at; it must not reach a terminal raw. */
+    {"syntax control byte escaped", "{'a': 1\x01}",
+     "popgate.json:1:8: error: invalid JSON: '}' expected near '\\x01'\n" ONE},
+
+    /* The top level. */
+    {"root array", "[]", F "the top level must be an object, got an array\n" ONE},
+    {"root empty", "{}",
+     F "missing required key \"listeners\"\n" F "missing required key \"upstreams\"\n" F
+       "missing required key \"routes\"\n" F "missing required key \"state\"\n"
+       "popgate: 4 " ERRORS_N},
+    {"root missing routes", "{" LISTENERS ", " UPSTREAMS ", " STATE "}",
+     F "missing required key \"routes\"\n" ONE},
+    {"root unknown key", "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", " STATE ", 'listener': 1}",
+     F "listener: unknown key (allowed: listeners, upstreams, routes, state, limits)\n" ONE},
+
+    /* Listeners. */
+    {"listeners object", WITH_LISTENERS("{}"),
+     F "listeners: expected an array, got an object\n" ONE},
+    {"listeners empty", WITH_LISTENERS("[]"),
+     F "listeners: must not be empty (expected at least one {\"address\": \"IP:port\"})\n" ONE},
+    {"listener string", WITH_LISTENERS("['127.0.0.1:110']"),
+     F "listeners[0]: expected an object, got string \"127.0.0.1:110\"\n" ONE},
+    {"listener no address", WITH_LISTENERS("[{}]"),
+     F "listeners[0]: missing required key \"address\"\n" ONE},
+    {"listener unknown key", WITH_LISTENERS("[{'address': '127.0.0.1:1110', 'port': 1}]"),
+     F "listeners[0].port: unknown key (allowed: address)\n" ONE},
+    {"address integer", WITH_LISTENERS("[{'address': 110}]"),
+     F "listeners[0].address: expected a string, got integer 110\n" ONE},
+    {"address empty", WITH_ADDRESS(""), F "listeners[0].address: must not be empty\n" ONE},
+    {"address no port", WITH_ADDRESS("1.2.3.4"),
+     F "listeners[0].address: \"1.2.3.4\": missing port " FORMS "\n" ONE},
+    {"address empty port", WITH_ADDRESS("1.2.3.4:"),
+     F "listeners[0].address: \"1.2.3.4:\": missing port " FORMS "\n" ONE},
+    {"address port 0", WITH_ADDRESS("1.2.3.4:0"),
+     F "listeners[0].address: \"1.2.3.4:0\": port must be between 1 and 65535, got 0 " FORMS
+       "\n" ONE},
+    {"address port 70000", WITH_ADDRESS("1.2.3.4:70000"),
+     F "listeners[0].address: \"1.2.3.4:70000\": port must be between 1 and 65535, got 70000 " FORMS
+       "\n" ONE},
+    {"address port huge", WITH_ADDRESS("1.2.3.4:99999999999999999999"),
+     F "listeners[0].address: \"1.2.3.4:99999999999999999999\": port must be between 1 and 65535, "
+       "got 999999999999... " FORMS "\n" ONE},
+    {"address port not a number", WITH_ADDRESS("1.2.3.4:pop3"),
+     F "listeners[0].address: \"1.2.3.4:pop3\": port \"pop3\" is not a number " FORMS "\n" ONE},
+    {"address port signed", WITH_ADDRESS("1.2.3.4:+110"),
+     F "listeners[0].address: \"1.2.3.4:+110\": port \"+110\" is not a number " FORMS "\n" ONE},
+    {"address ipv6 no port", WITH_ADDRESS("[::1]"),
+     F "listeners[0].address: \"[::1]\": missing port " FORMS "\n" ONE},
+    {"address ipv6 no brackets", WITH_ADDRESS("::1:110"),
+     F "listeners[0].address: \"::1:110\": an IPv6 address needs brackets, as in "
+       "\"[::1]:110\"\n" ONE},
+    {"address ipv6 unclosed", WITH_ADDRESS("[::1:110"),
+     F "listeners[0].address: \"[::1:110\": missing ']' after the IPv6 address " FORMS "\n" ONE},
+    {"address ipv6 junk after bracket", WITH_ADDRESS("[::1]110"),
+     F "listeners[0].address: \"[::1]110\": expected ':' and a port after ']' " FORMS "\n" ONE},
+    {"address ipv6 bad", WITH_ADDRESS("[::g]:110"),
+     F "listeners[0].address: \"[::g]:110\": not a numeric IPv6 address " FORMS "\n" ONE},
+    {"address ipv4 in brackets", WITH_ADDRESS("[127.0.0.1]:110"),
+     F "listeners[0].address: \"[127.0.0.1]:110\": not a numeric IPv6 address " FORMS "\n" ONE},
+    {"address host name", WITH_ADDRESS("host:110"),
+     F "listeners[0].address: \"host:110\": not a numeric IPv4 address (host names are not "
+       "allowed; expected \"IPv4:port\" or \"[IPv6]:port\")\n" ONE},
+    {"address no host", WITH_ADDRESS(":110"),
+     F "listeners[0].address: \":110\": not a numeric IPv4 address (host names are not "
+       "allowed; expected \"IPv4:port\" or \"[IPv6]:port\")\n" ONE},
+    {"address short ipv4", WITH_ADDRESS("1.2.3:110"),
+     F "listeners[0].address: \"1.2.3:110\": not a numeric IPv4 address (host names are not "
+       "allowed; expected \"IPv4:port\" or \"[IPv6]:port\")\n" ONE},
+    {"address duplicate",
+     WITH_LISTENERS("[{'address': '127.0.0.1:1110'}, {'address': '[::1]:1110'}, "
+                    "{'address': '127.0.0.1:01110'}]"),
+     F "listeners[2].address: duplicate address \"127.0.0.1:01110\" (the first is "
+       "listeners[0])\n" ONE},
+
+    /* Upstreams. */
+    {"upstreams array", WITH_UPSTREAMS("[]"),
+     F "upstreams: expected an object, got an array\n" ONE},
+    {"upstreams empty", WITH_UPSTREAMS("{}"),
+     F
+     "upstreams: must define at least one upstream (expected {\"NAME\": {\"host\": HOST}})\n" ONE},
+    {"upstream string", WITH_MAIN("'127.0.0.1'"),
+     F "upstreams.main: expected an object, got string \"127.0.0.1\"\n" ONE},
+    {"upstream misspelt key", WITH_MAIN("{'hots': '127.0.0.1'}"),
+     F "upstreams.main.hots: unknown key (allowed: host, port, tls)\n" F
+       "upstreams.main: missing required key \"host\"\n"
+       "popgate: 2 " ERRORS_N},
+    {"upstream host empty", WITH_MAIN("{'host': ''}"),
+     F "upstreams.main.host: must not be empty\n" ONE},
+    {"upstream host null", WITH_MAIN("{'host': null}"),
+     F "upstreams.main.host: expected a string, got null\n" ONE},
+    {"upstream port string", WITH_MAIN("{'host': '127.0.0.1', 'port': '143'}"),
+     F "upstreams.main.port: expected an integer, got string \"143\"\n" ONE},
+    {"upstream port real", WITH_MAIN("{'host': '127.0.0.1', 'port': 143.5}"),
+     F "upstreams.main.port: expected an integer, got real 143.5\n" ONE},
+    {"upstream port 0", WITH_MAIN("{'host': '127.0.0.1', 'port': 0}"),
+     F "upstreams.main.port: must be between 1 and 65535, got 0\n" ONE},
+    {"upstream port 70000", WITH_MAIN("{'host': '127.0.0.1', 'port': 70000}"),
+     F "upstreams.main.port: must be between 1 and 65535, got 70000\n" ONE},
+    {"upstream tls unknown", WITH_MAIN("{'host': '127.0.0.1', 'tls': 'ssl'}"),
+     F "upstreams.main.tls: unknown value \"ssl\" (allowed: \"none\", \"starttls\", "
+       "\"implicit\")\n" ONE},
+    {"upstream tls boolean", WITH_MAIN("{'host': '127.0.0.1', 'tls': true}"),
+     F "upstreams.main.tls: expected a string, got true\n" ONE},
+    {"upstream tls implicit", WITH_MAIN("{'host': '127.0.0.1', 'tls': 'implicit'}"),
+     F "upstreams.main.tls: \"implicit\" is not supported yet (TLS arrives with the TLS issue); "
+       "use \"none\"\n" ONE},
+    {"upstream tls starttls", WITH_MAIN("{'host': '127.0.0.1', 'tls': 'starttls'}"),
+     F "upstreams.main.tls: \"starttls\" is not supported yet (TLS arrives with the TLS issue); "
+       "use \"none\"\n" ONE},
+    {"upstream port 993 implies implicit", WITH_MAIN("{'host': '127.0.0.1', 'port': 993}"),
+     F "upstreams.main.tls: \"implicit\" (the default for port 993) is not supported yet (TLS "
+       "arrives with the TLS issue); use \"none\"\n" ONE},
+    {"upstream bad name", WITH_UPSTREAMS("{'my imap': {'host': '127.0.0.1'}}"),
+     F "upstreams[\"my imap\"]: invalid upstream name (allowed: 1 to 64 letters, digits, '.', "
+       "'-', '_')\n" F "routes[0].upstream: unknown upstream \"main\" (defined: my imap)\n"
+       "popgate: 2 " ERRORS_N},
+    {"upstream control bytes in key", WITH_MAIN("{'host': '127.0.0.1', 'ho\\nst\\u0001': 1}"),
+     F "upstreams.main[\"ho\\nst\\x01\"]: unknown key (allowed: host, port, tls)\n" ONE},
+
+    /* Routes. */
+    {"routes object", WITH_ROUTES("{}"), F "routes: expected an array, got an object\n" ONE},
+    {"routes empty", WITH_ROUTES("[]"),
+     F "routes: must not be empty (expected at least one route, such as {\"default\": true, "
+       "\"upstream\": NAME})\n" ONE},
+    {"route unknown upstream",
+     "{" LISTENERS ", 'upstreams': {'imap1': {'host': '127.0.0.1'}, 'imap2': {'host': "
+     "'127.0.0.1'}}, 'routes': [{'user': 'bob', 'upstream': 'imap1'}, {'default': true, "
+     "'upstream': 'imap9'}], " STATE "}",
+     F "routes[1].upstream: unknown upstream \"imap9\" (defined: imap1, imap2)\n" ONE},
+    {"route second default",
+     WITH_ROUTES("[{'default': true, 'upstream': 'main'}, {'user': 'bob', 'upstream': 'main'}, "
+                 "{'default': true, 'upstream': 'main'}]"),
+     F "routes[2]: a second default route (the first is routes[0])\n" ONE},
+    {"route default false", WITH_ROUTES("[{'default': false, 'upstream': 'main'}]"),
+     F "routes[0].default: must be true or absent, got false\n" ONE},
+    {"route default string", WITH_ROUTES("[{'default': 'yes', 'upstream': 'main'}]"),
+     F "routes[0].default: expected true, got string \"yes\"\n" ONE},
+    {"route default and user",
+     WITH_ROUTES("[{'default': true, 'user': 'bob', 'upstream': 'main'}]"),
+     F "routes[0]: has both \"default\" and \"user\" (a route is {\"user\": NAME, \"upstream\": "
+       "NAME} or {\"default\": true, \"upstream\": NAME})\n" ONE},
+    {"route neither", WITH_ROUTES("[{'upstream': 'main'}]"),
+     F "routes[0]: needs \"user\" or \"default\" (a route is {\"user\": NAME, \"upstream\": NAME} "
+       "or {\"default\": true, \"upstream\": NAME})\n" ONE},
+    {"route no upstream", WITH_ROUTES("[{'default': true}]"),
+     F "routes[0]: missing required key \"upstream\"\n" ONE},
+    {"route user empty", WITH_ROUTES("[{'user': '', 'upstream': 'main'}]"),
+     F "routes[0].user: must not be empty\n" ONE},
+    {"route user array", WITH_ROUTES("[{'user': ['bob'], 'upstream': 'main'}]"),
+     F "routes[0].user: expected a string, got an array\n" ONE},
+    {"route user twice",
+     WITH_ROUTES("[{'user': 'bob', 'upstream': 'main'}, {'user': 'bob', 'upstream': 'main'}]"),
+     F "routes[1].user: a second route for \"bob\" (the first is routes[0])\n" ONE},
+    {"route unknown key", WITH_ROUTES("[{'default': true, 'upstream': 'main', 'login': 'x'}]"),
+     F "routes[0].login: unknown key (allowed: default, user, upstream)\n" ONE},
+    {"route without upstreams section", "{" LISTENERS ", " ROUTES ", " STATE "}",
+     F "missing required key \"upstreams\"\n" ONE},
+
+    /* State. */
+    {"state string", WITH_STATE("'/var/lib/popgate'"),
+     F "state: expected an object, got string \"/var/lib/popgate\"\n" ONE},
+    {"state no dir", WITH_STATE("{}"), F "state: missing required key \"dir\"\n" ONE},
+    {"state dir empty", WITH_STATE("{'dir': ''}"), F "state.dir: must not be empty\n" ONE},
+    {"state dir boolean", WITH_STATE("{'dir': false}"),
+     F "state.dir: expected a string, got false\n" ONE},
+    {"state unknown key", WITH_STATE("{'dir': '/x', 'backend': 'redis'}"),
+     F "state.backend: unknown key (allowed: dir)\n" ONE},
+
+    /* Limits. */
+    {"limits array", WITH_LIMITS("[]"), F "limits: expected an object, got an array\n" ONE},
+    {"limits unknown key", WITH_LIMITS("{'idle': 600}"),
+     F "limits.idle: unknown key (allowed: connect_timeout, command_timeout, auth_timeout, "
+       "idle_timeout, max_bad_commands, output_buffer)\n" ONE},
+    {"limits idle too short", WITH_LIMITS("{'idle_timeout': 5}"),
+     F "limits.idle_timeout: must be between 600 and 86400 seconds, got 5\n" ONE},
+    {"limits idle string", WITH_LIMITS("{'idle_timeout': '600'}"),
+     F "limits.idle_timeout: expected an integer, got string \"600\"\n" ONE},
+    {"limits every bound",
+     WITH_LIMITS("{'connect_timeout': 0, 'command_timeout': 3601, 'auth_timeout': 9, "
+                 "'idle_timeout': 86401, 'max_bad_commands': 0, 'output_buffer': 4095}"),
+     F "limits.connect_timeout: must be between 1 and 300 seconds, got 0\n" F
+       "limits.command_timeout: must be between 1 and 3600 seconds, got 3601\n" F
+       "limits.auth_timeout: must be between 10 and 3600 seconds, got 9\n" F
+       "limits.idle_timeout: must be between 600 and 86400 seconds, got 86401\n" F
+       "limits.max_bad_commands: must be between 1 and 1000, got 0\n" F
+       "limits.output_buffer: must be between 4096 and 16777216 bytes, got 4095\n"
+       "popgate: 6 " ERRORS_N},
+    {"limits upper bounds",
+     WITH_LIMITS("{'connect_timeout': 301, 'max_bad_commands': 1001, 'output_buffer': 16777217, "
+                 "'auth_timeout': -1}"),
+     F "limits.connect_timeout: must be between 1 and 300 seconds, got 301\n" F
+       "limits.auth_timeout: must be between 10 and 3600 seconds, got -1\n" F
+       "limits.max_bad_commands: must be between 1 and 1000, got 1001\n" F
+       "limits.output_buffer: must be between 4096 and 16777216 bytes, got 16777217\n"
+       "popgate: 4 " ERRORS_N},
+
+    /* Long values are cut, so one line stays one readable line. */
+    {"long value cut",
+     WITH_MAIN(
+         "{'host': '127.0.0.1', 'tls': "
+         "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}"),
+     F "upstreams.main.tls: unknown value "
+       "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" (allowed: "
+       "\"none\", \"starttls\", \"implicit\")\n" ONE},
+    {"long value cut on a character boundary",
+     WITH_MAIN("{'host': '127.0.0.1', 'tls': "
+               "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9xyz'}"),
+     F "upstreams.main.tls: unknown value "
+       "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" (allowed: "
+       "\"none\", \"starttls\", \"implicit\")\n" ONE},
+
+    /* Every error in one run, in the order of the sections. */
+    {"several errors",
+     "{'listeners': [{'address': '1.2.3.4'}, {'address': '[::1]:110'}, {'address': "
+     "'[::1]:110'}], 'upstreams': {'imap1': {'host': '127.0.0.1', 'port': 0, 'hots': 'x'}}, "
+     "'routes': [{'default': true, 'upstream': 'imap1'}, {'default': true, 'upstream': "
+     "'imap2'}], 'limits': {'idle_timeout': 5}}",
+     F "missing required key \"state\"\n" F "listeners[0].address: \"1.2.3.4\": missing port " FORMS
+       "\n" F
+       "listeners[2].address: duplicate address \"[::1]:110\" (the first is listeners[1])\n" F
+       "upstreams.imap1.hots: unknown key (allowed: host, port, tls)\n" F
+       "upstreams.imap1.port: must be between 1 and 65535, got 0\n" F
+       "routes[1]: a second default route (the first is routes[0])\n" F
+       "routes[1].upstream: unknown upstream \"imap2\" (defined: imap1)\n" F
+       "limits.idle_timeout: must be between 600 and 86400 seconds, got 5\n"
+       "popgate: 8 " ERRORS_N},
+};
+
+START_TEST(test_bad_config)
+{
+    const struct bad_case *c = &bad_cases[_i];
+    char *errors = (char *)"unset";
+    struct config *cfg = load_text(c->json, &errors);
+    ck_assert_msg(cfg == NULL, "case \"%s\": loaded", c->name);
+    ck_assert_msg(errors != NULL, "case \"%s\": no error text", c->name);
+    ck_assert_msg(strcmp(errors, c->expected) == 0, "case \"%s\":\n--- got\n%s--- expected\n%s",
+                  c->name, errors, c->expected);
+    free(errors);
+}
+END_TEST
+
+START_TEST(test_missing_file)
+{
+    char *errors = NULL;
+    ck_assert_ptr_null(config_load("nope.json", &errors));
+    ck_assert_str_eq(errors,
+                     "nope.json: error: unable to open nope.json: No such file or directory\n"
+                     "popgate: 1 error in nope.json\n");
+    free(errors);
+}
+END_TEST
+
+START_TEST(test_path_as_given)
+{
+    ck_assert_int_eq(mkdir("conf", 0700), 0);
+    write_config("conf/p.json", WITH_LIMITS("{'idle_timeout': 5}"));
+    char *errors = NULL;
+    ck_assert_ptr_null(config_load("./conf/p.json", &errors));
+    ck_assert_str_eq(errors,
+                     "./conf/p.json: limits.idle_timeout: must be between 600 and 86400 seconds, "
+                     "got 5\npopgate: 1 error in ./conf/p.json\n");
+    free(errors);
+    ck_assert_int_eq(unlink("conf/p.json"), 0);
+    ck_assert_int_eq(rmdir("conf"), 0);
+}
+END_TEST
+
+START_TEST(test_unresolvable_host)
+{
+    char *errors = NULL;
+    ck_assert_ptr_null(load_text(WITH_MAIN("{'host': 'popgate-test.invalid'}"), &errors));
+    const char *want = F "upstreams.main.host: cannot resolve \"popgate-test.invalid\": ";
+    ck_assert_msg(strncmp(errors, want, strlen(want)) == 0, "got: %s", errors);
+    /* The reason is the resolver's; the line and the count are ours. */
+    const char *nl = strchr(errors, '\n');
+    ck_assert_ptr_nonnull(nl);
+    ck_assert_str_eq(nl + 1, ONE);
+    free(errors);
+}
+END_TEST
+
+START_TEST(test_errors_r_may_be_null)
+{
+    write_config("popgate.json", "[]");
+    ck_assert_ptr_null(config_load("popgate.json", NULL));
+    write_config("popgate.json", GOOD);
+    struct config *cfg = config_load("popgate.json", NULL);
+    ck_assert_ptr_nonnull(cfg);
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_defaults)
+{
+    char *errors = (char *)"unset";
+    struct config *cfg = load_text(
+        "{" LISTENERS ", 'upstreams': {'main': {'host': '127.0.0.1'}}, " ROUTES ", " STATE "}",
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_ptr_null(errors);
+    ck_assert_str_eq(cfg->path, "popgate.json");
+
+    ck_assert_uint_eq(cfg->nlisteners, 1);
+    const struct config_listener *l = &cfg->listeners[0];
+    ck_assert_str_eq(l->address_text, "127.0.0.1:1110");
+    ck_assert_uint_eq(l->addr_len, sizeof(struct sockaddr_in));
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&l->addr;
+    ck_assert_int_eq(sin->sin_family, AF_INET);
+    ck_assert_uint_eq(ntohs(sin->sin_port), 1110);
+    ck_assert_uint_eq(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+
+    ck_assert_uint_eq(cfg->nupstreams, 1);
+    const struct config_upstream *u = &cfg->upstreams[0];
+    ck_assert_str_eq(u->name, "main");
+    ck_assert_str_eq(u->host, "127.0.0.1");
+    ck_assert_uint_eq(u->port, 143);
+    ck_assert_int_eq(u->tls, CONFIG_TLS_NONE);
+    ck_assert_uint_eq(u->naddrs, 1);
+    ck_assert_uint_eq(u->addr_lens[0], sizeof(struct sockaddr_in));
+    const struct sockaddr_in *usin = (const struct sockaddr_in *)&u->addrs[0];
+    ck_assert_int_eq(usin->sin_family, AF_INET);
+    ck_assert_uint_eq(ntohs(usin->sin_port), 143);
+    ck_assert_uint_eq(ntohl(usin->sin_addr.s_addr), INADDR_LOOPBACK);
+
+    ck_assert_uint_eq(cfg->nroutes, 1);
+    ck_assert(cfg->routes[0].is_default);
+    ck_assert_ptr_null(cfg->routes[0].user);
+    ck_assert_str_eq(cfg->routes[0].upstream_name, "main");
+    ck_assert_ptr_eq(cfg->routes[0].upstream, u);
+
+    ck_assert_str_eq(cfg->state_dir, "/var/lib/popgate");
+
+    ck_assert_uint_eq(cfg->limits.connect_timeout, 10);
+    ck_assert_uint_eq(cfg->limits.command_timeout, 60);
+    ck_assert_uint_eq(cfg->limits.auth_timeout, 60);
+    ck_assert_uint_eq(cfg->limits.idle_timeout, 600);
+    ck_assert_uint_eq(cfg->limits.max_bad_commands, 10);
+    ck_assert_uint_eq(cfg->limits.output_buffer, 65536);
+
+    config_free(&cfg);
+    ck_assert_ptr_null(cfg);
+    config_free(&cfg);
+    config_free(NULL);
+}
+END_TEST
+
+START_TEST(test_full_config)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(
+        "{\n"
+        "  'listeners': [{'address': '0.0.0.0:110'}, {'address': '[::1]:1110'},\n"
+        "                {'address': '[::]:110'}],\n"
+        "  'upstreams': {\n"
+        "    'imap1': {'host': '127.0.0.1', 'port': 10143, 'tls': 'none'},\n"
+        "    'imap2': {'host': '::1', 'port': 993, 'tls': 'none'}\n"
+        "  },\n"
+        "  'routes': [\n"
+        "    {'default': true, 'upstream': 'imap1'},\n"
+        "    {'user': 'bob@example.com', 'upstream': 'imap2'}\n"
+        "  ],\n"
+        "  'state': {'dir': 'state'},\n"
+        "  'limits': {'connect_timeout': 300, 'command_timeout': 1, 'auth_timeout': 10,\n"
+        "             'idle_timeout': 86400, 'max_bad_commands': 1000, 'output_buffer': 16777216}\n"
+        "}\n",
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+
+    ck_assert_uint_eq(cfg->nlisteners, 3);
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&cfg->listeners[1].addr;
+    ck_assert_uint_eq(cfg->listeners[1].addr_len, sizeof(struct sockaddr_in6));
+    ck_assert_int_eq(sin6->sin6_family, AF_INET6);
+    ck_assert_uint_eq(ntohs(sin6->sin6_port), 1110);
+    ck_assert(memcmp(&sin6->sin6_addr, &in6addr_loopback, sizeof(in6addr_loopback)) == 0);
+    sin6 = (const struct sockaddr_in6 *)&cfg->listeners[2].addr;
+    ck_assert(memcmp(&sin6->sin6_addr, &in6addr_any, sizeof(in6addr_any)) == 0);
+    ck_assert_uint_eq(ntohs(sin6->sin6_port), 110);
+
+    const struct config_upstream *imap1 = config_upstream_find(cfg, "imap1");
+    const struct config_upstream *imap2 = config_upstream_find(cfg, "imap2");
+    ck_assert_ptr_eq(imap1, &cfg->upstreams[0]);
+    ck_assert_ptr_eq(imap2, &cfg->upstreams[1]);
+    ck_assert_ptr_null(config_upstream_find(cfg, "IMAP1"));
+    ck_assert_ptr_null(config_upstream_find(cfg, "imap3"));
+    ck_assert_ptr_null(config_upstream_find(NULL, "imap1"));
+    ck_assert_uint_eq(imap1->port, 10143);
+    /* An explicit "none" wins over the port-993 default. */
+    ck_assert_uint_eq(imap2->port, 993);
+    ck_assert_int_eq(imap2->tls, CONFIG_TLS_NONE);
+    ck_assert_uint_eq(imap2->naddrs, 1);
+    ck_assert_int_eq(imap2->addrs[0].ss_family, AF_INET6);
+    ck_assert_uint_eq(ntohs(((const struct sockaddr_in6 *)&imap2->addrs[0])->sin6_port), 993);
+
+    ck_assert_uint_eq(cfg->nroutes, 2);
+    ck_assert(!cfg->routes[1].is_default);
+    ck_assert_str_eq(cfg->routes[1].user, "bob@example.com");
+    ck_assert_ptr_eq(cfg->routes[1].upstream, imap2);
+    ck_assert_str_eq(cfg->state_dir, "state");
+
+    ck_assert_uint_eq(cfg->limits.connect_timeout, 300);
+    ck_assert_uint_eq(cfg->limits.command_timeout, 1);
+    ck_assert_uint_eq(cfg->limits.auth_timeout, 10);
+    ck_assert_uint_eq(cfg->limits.idle_timeout, 86400);
+    ck_assert_uint_eq(cfg->limits.max_bad_commands, 1000);
+    ck_assert_uint_eq(cfg->limits.output_buffer, 16777216);
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_partial_limits)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(WITH_LIMITS("{'idle_timeout': 1800}"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_uint_eq(cfg->limits.idle_timeout, 1800);
+    ck_assert_uint_eq(cfg->limits.connect_timeout, 10);
+    ck_assert_uint_eq(cfg->limits.output_buffer, 65536);
+    config_free(&cfg);
+
+    cfg = load_text(WITH_LIMITS("{}"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_uint_eq(cfg->limits.auth_timeout, 60);
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_localhost_resolves)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(WITH_MAIN("{'host': 'localhost', 'port': 10143}"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    const struct config_upstream *u = config_upstream_find(cfg, "main");
+    ck_assert_ptr_nonnull(u);
+    ck_assert_uint_ge(u->naddrs, 1);
+    for (size_t i = 0; i < u->naddrs; i++) {
+        int family = u->addrs[i].ss_family;
+        ck_assert(family == AF_INET || family == AF_INET6);
+        uint16_t port = family == AF_INET ? ((const struct sockaddr_in *)&u->addrs[i])->sin_port
+                                          : ((const struct sockaddr_in6 *)&u->addrs[i])->sin6_port;
+        ck_assert_uint_eq(ntohs(port), 10143);
+        ck_assert_uint_eq(u->addr_lens[i], family == AF_INET ? sizeof(struct sockaddr_in)
+                                                             : sizeof(struct sockaddr_in6));
+    }
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_upstream_names)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(
+        "{" LISTENERS ", 'upstreams': {'imap-1.example_a': {'host': '127.0.0.1'}}, 'routes': "
+        "[{'default': true, 'upstream': 'imap-1.example_a'}], " STATE "}",
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_ptr_eq(cfg->routes[0].upstream, &cfg->upstreams[0]);
+    config_free(&cfg);
+
+    /* A dotted name is shown in brackets, so the path stays unambiguous. */
+    ck_assert_ptr_null(
+        load_text(WITH_UPSTREAMS("{'a.b': {'host': '127.0.0.1', 'port': 0}}"), &errors));
+    ck_assert_str_eq(errors, F "upstreams[\"a.b\"].port: must be between 1 and 65535, got 0\n" F
+                               "routes[0].upstream: unknown upstream \"main\" (defined: a.b)\n"
+                               "popgate: 2 " ERRORS_N);
+    free(errors);
+}
+END_TEST
+
+/* Every line of an error text is one error plus the count line, whatever the input. */
+START_TEST(test_error_lines_are_counted)
+{
+    for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
+        char *errors = NULL;
+        ck_assert_ptr_null(load_text(bad_cases[i].json, &errors));
+        unsigned lines = 0;
+        for (const char *p = errors; *p != '\0'; p++)
+            lines += *p == '\n';
+        unsigned count = 0;
+        const char *last = strstr(errors, "popgate: ");
+        ck_assert_ptr_nonnull(last);
+        ck_assert_int_eq(sscanf(last, "popgate: %u error", &count), 1);
+        ck_assert_uint_eq(lines, count + 1);
+        free(errors);
+    }
+}
+END_TEST
+
+static Suite *config_suite(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("bad");
+    tcase_add_loop_test(tc, test_bad_config, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
+    tcase_add_test(tc, test_missing_file);
+    tcase_add_test(tc, test_path_as_given);
+    tcase_add_test(tc, test_unresolvable_host);
+    tcase_add_test(tc, test_errors_r_may_be_null);
+    tcase_add_test(tc, test_error_lines_are_counted);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("good");
+    tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_full_config);
+    tcase_add_test(tc, test_partial_limits);
+    tcase_add_test(tc, test_localhost_resolves);
+    tcase_add_test(tc, test_upstream_names);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    if (mkdtemp(test_dir) == NULL || chdir(test_dir) != 0) {
+        perror(test_dir);
+        return EXIT_FAILURE;
+    }
+    SRunner *sr = srunner_create(config_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    unlink("popgate.json");
+    if (chdir("/") != 0 || rmdir(test_dir) != 0)
+        perror(test_dir);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
