@@ -19,6 +19,9 @@ struct pop3_parser {
     bool sasl;
     /* Allocated only around SASL lines, so an idle session costs the small buffer. */
     char *sasl_buf;
+    /* Length of the last complete line in line[]: wiped at the next feed, so a PASS
+     * line does not outlive its command in memory. */
+    size_t last_len;
     char line[POP3_PARSER_LINE_BUF];
 };
 
@@ -101,6 +104,8 @@ int pop3_parser_expect_sasl(struct pop3_parser *p)
 
 void pop3_parser_reset(struct pop3_parser *p)
 {
+    wipe(p->line, sizeof(p->line));
+    p->last_len = 0;
     p->len = 0;
     p->overflow = false;
     p->sasl = false;
@@ -291,6 +296,9 @@ enum pop3_parse_status pop3_parser_feed(struct pop3_parser *p, const char *buf, 
      * buffer can go, unless another SASL line is expected. */
     if (!p->sasl && p->sasl_buf != NULL)
         release_sasl_buf(p);
+    if (p->last_len > p->len)
+        memset(p->line + p->len, 0, p->last_len - p->len);
+    p->last_len = 0;
 
     bool sasl = p->sasl;
     size_t limit = sasl ? POP3_SASL_LINE_MAX : POP3_LINE_MAX;
@@ -318,6 +326,8 @@ enum pop3_parse_status pop3_parser_feed(struct pop3_parser *p, const char *buf, 
 
     *consumed_r = seg + 1;
     size_t line_len = p->len;
+    if (!sasl)
+        p->last_len = line_len;
     bool overflow = p->overflow;
     p->len = 0;
     p->overflow = false;

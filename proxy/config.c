@@ -7,10 +7,13 @@
 #include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <openssl/tls1.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "tls.h"
 
 #define CONFIG_DEFAULT_CONNECT_TIMEOUT  10
 #define CONFIG_DEFAULT_COMMAND_TIMEOUT  60
@@ -33,8 +36,23 @@
 #define CONFIG_UPSTREAM_NAME_MAX 64
 /* Names listed after "defined:" before "and N more". */
 #define CONFIG_DEFINED_SHOWN 10
+/* Room for a reason from tls.c: two file names of a few hundred bytes and OpenSSL's text. */
+#define CONFIG_TLS_ERROR_LEN 4096
+
+#define CONFIG_DEFAULT_MIN_VERSION TLS1_2_VERSION
 
 static const char ADDRESS_FORMS[] = "expected \"IPv4:port\" or \"[IPv6]:port\"";
+static const char CERTS_FORM[] = "expected [{\"cert\": FILE, \"key\": FILE}, ...]";
+static const char TLS_ONLY[] = "only used with tls \"starttls\" or \"implicit\"";
+
+static const char *const TLS_NAMES[] = {"none", "starttls", "implicit", NULL};
+static const int TLS_VALUES[] = {CONFIG_TLS_NONE, CONFIG_TLS_STARTTLS, CONFIG_TLS_IMPLICIT};
+static const char *const VERSION_NAMES[] = {"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", NULL};
+static const int VERSION_VALUES[] = {TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSION, TLS1_3_VERSION};
+static const char *const PLAINTEXT_NAMES[] = {"deny", "allow", "loopback", NULL};
+static const int PLAINTEXT_VALUES[] = {CONFIG_PLAINTEXT_DENY, CONFIG_PLAINTEXT_ALLOW,
+                                       CONFIG_PLAINTEXT_LOOPBACK};
+
 static const char ROUTE_FORMS[] =
     "a route is {\"user\": NAME, \"upstream\": NAME} or {\"default\": true, \"upstream\": NAME}";
 
@@ -373,6 +391,102 @@ static bool get_int_range(struct loader *ld, json_t *obj, const char *key, json_
     return ok;
 }
 
+/* Reads an optional non-empty string obj[key] into a copy; *out stays NULL when absent.
+ * Returns false only after an error. */
+static bool get_opt_string(struct loader *ld, json_t *obj, const char *key, char **out)
+{
+    if (json_object_get(obj, key) == NULL)
+        return true;
+    return get_string(ld, obj, key, out);
+}
+
+/* Reads an optional boolean obj[key] into *out. Returns false only after an error. */
+static bool get_bool(struct loader *ld, json_t *obj, const char *key, bool *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return true;
+    if (json_is_boolean(v)) {
+        *out = json_is_true(v);
+        return true;
+    }
+    size_t mark = path_push_key(ld, key);
+    err(ld, "expected true or false, got %s", found(ld, v));
+    path_pop(ld, mark);
+    return false;
+}
+
+/* Reads an optional string obj[key] that must be one of names (NULL-terminated) into the
+ * matching entry of values. Returns false only after an error; *out stays as is when
+ * absent. */
+static bool get_enum(struct loader *ld, json_t *obj, const char *key, const char *const *names,
+                     const int *values, int *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return true;
+    size_t mark = path_push_key(ld, key);
+    bool ok = expect(ld, v, JSON_STRING);
+    if (ok) {
+        const char *s = json_string_value(v);
+        size_t i = 0;
+        while (names[i] != NULL && strcmp(names[i], s) != 0)
+            i++;
+        if (names[i] != NULL) {
+            *out = values[i];
+        } else {
+            char list[128] = "";
+            size_t used = 0;
+            for (size_t j = 0; names[j] != NULL; j++) {
+                int n = snprintf(list + used, sizeof(list) - used, "%s\"%s\"", j > 0 ? ", " : "",
+                                 names[j]);
+                if (n > 0 && (size_t)n < sizeof(list) - used)
+                    used += (size_t)n;
+            }
+            err(ld, "unknown value %s (allowed: %s)", quote(ld, s), list);
+            ok = false;
+        }
+    }
+    path_pop(ld, mark);
+    return ok;
+}
+
+static const char *tls_name(enum config_tls tls)
+{
+    switch (tls) {
+    case CONFIG_TLS_NONE:
+        return "none";
+    case CONFIG_TLS_STARTTLS:
+        return "starttls";
+    case CONFIG_TLS_IMPLICIT:
+        return "implicit";
+    }
+    return "?";
+}
+
+/* Reads an optional "tls" into *out. False after an error. */
+static bool get_tls(struct loader *ld, json_t *obj, enum config_tls *out)
+{
+    int v = (int)*out;
+    bool ok = get_enum(ld, obj, "tls", TLS_NAMES, TLS_VALUES, &v);
+    *out = (enum config_tls)v;
+    return ok;
+}
+
+/* Reports each of keys (NULL-terminated) present in obj: they only matter with TLS, and
+ * obj's tls is "none". tail ends the message. */
+static void check_tls_only(struct loader *ld, json_t *obj, const char *const *keys,
+                           const char *tail)
+{
+    for (size_t i = 0; keys[i] != NULL; i++) {
+        if (json_object_get(obj, keys[i]) == NULL)
+            continue;
+        size_t mark = path_push_key(ld, keys[i]);
+        err(ld, "%s%s", TLS_ONLY, tail);
+        path_pop(ld, mark);
+    }
+}
+
 /* Parses a decimal port 1..65535. Returns false with *why set. */
 static bool parse_port(struct loader *ld, const char *text, uint16_t *port, const char **why)
 {
@@ -480,9 +594,120 @@ static bool parse_listen_address(struct loader *ld, const char *text, struct con
     return true;
 }
 
+/* Reads "certificates": [{"cert", "key"}, ...] into l->certs after any top-level pair.
+ * Every entry is stored, even half-read ones, so config_free frees what was copied; a
+ * config with an error never reaches a caller. */
+static void load_certificates(struct loader *ld, json_t *item, struct config_listener *l)
+{
+    json_t *top_cert = json_object_get(item, "cert");
+    json_t *top_key = json_object_get(item, "key");
+    json_t *list = json_object_get(item, "certificates");
+    size_t n = 0;
+    if (list != NULL) {
+        size_t mark = path_push_key(ld, "certificates");
+        if (expect(ld, list, JSON_ARRAY)) {
+            n = json_array_size(list);
+            if (n == 0)
+                err(ld, "must not be empty (%s)", CERTS_FORM);
+        }
+        path_pop(ld, mark);
+    }
+    bool top = top_cert != NULL || top_key != NULL;
+    if (!top && n == 0)
+        return;
+    l->certs = calloc((top ? 1 : 0) + n, sizeof(*l->certs));
+    if (l->certs == NULL) {
+        err_oom(ld);
+        return;
+    }
+    if (top) {
+        struct config_cert *c = &l->certs[l->ncerts++];
+        if (top_cert != NULL)
+            get_string(ld, item, "cert", &c->cert);
+        if (top_key != NULL)
+            get_string(ld, item, "key", &c->key);
+        if (top_key == NULL)
+            err(ld, "\"cert\" needs \"key\" (give both or neither)");
+        else if (top_cert == NULL)
+            err(ld, "\"key\" needs \"cert\" (give both or neither)");
+    }
+    static const char *const keys[] = {"cert", "key", NULL};
+    size_t mark = path_push_key(ld, "certificates");
+    for (size_t i = 0; i < n; i++) {
+        struct config_cert *c = &l->certs[l->ncerts++];
+        json_t *entry = json_array_get(list, i);
+        size_t imark = path_push_index(ld, i);
+        if (json_is_object(entry)) {
+            check_keys(ld, entry, keys);
+            get_string(ld, entry, "cert", &c->cert);
+            get_string(ld, entry, "key", &c->key);
+        } else {
+            err(ld, "expected an object {\"cert\": FILE, \"key\": FILE}, got %s", found(ld, entry));
+        }
+        path_pop(ld, imark);
+    }
+    path_pop(ld, mark);
+}
+
+static void load_listener(struct loader *ld, json_t *item, size_t index)
+{
+    static const char *const keys[] = {"address",        "tls",         "cert",    "key",
+                                       "certificates",   "min_version", "ciphers", "security_level",
+                                       "plaintext_auth", NULL};
+    /* Keys that set up TLS, which a plaintext listener would silently ignore. */
+    static const char *const tls_keys[] = {
+        "cert", "key", "certificates", "min_version", "ciphers", "security_level", NULL};
+    struct config *cfg = ld->cfg;
+    struct config_listener *l = &cfg->listeners[index];
+    l->tls = CONFIG_TLS_NONE;
+    l->min_version = CONFIG_DEFAULT_MIN_VERSION;
+    l->security_level = -1;
+    l->plaintext_auth = CONFIG_PLAINTEXT_LOOPBACK;
+    if (!expect(ld, item, JSON_OBJECT))
+        return;
+    check_keys(ld, item, keys);
+
+    char *text = NULL;
+    if (get_string(ld, item, "address", &text)) {
+        size_t amark = path_push_key(ld, "address");
+        l->address_text = text;
+        if (parse_listen_address(ld, text, l)) {
+            for (size_t j = 0; j < index; j++) {
+                struct config_listener *o = &cfg->listeners[j];
+                if (o->addr_len == l->addr_len && memcmp(&o->addr, &l->addr, l->addr_len) == 0) {
+                    err(ld, "duplicate address %s (the first is listeners[%zu])", quote(ld, text),
+                        j);
+                    break;
+                }
+            }
+        }
+        path_pop(ld, amark);
+    }
+
+    bool tls_ok = get_tls(ld, item, &l->tls);
+    load_certificates(ld, item, l);
+    get_enum(ld, item, "min_version", VERSION_NAMES, VERSION_VALUES, &l->min_version);
+    get_opt_string(ld, item, "ciphers", &l->ciphers);
+    json_int_t level = -1;
+    if (get_int_range(ld, item, "security_level", 0, 5, "", &level))
+        l->security_level = (int)level;
+    int plaintext = (int)l->plaintext_auth;
+    get_enum(ld, item, "plaintext_auth", PLAINTEXT_NAMES, PLAINTEXT_VALUES, &plaintext);
+    l->plaintext_auth = (enum config_plaintext_auth)plaintext;
+
+    if (!tls_ok)
+        return;
+    bool has_certs = json_object_get(item, "cert") != NULL ||
+                     json_object_get(item, "key") != NULL ||
+                     json_object_get(item, "certificates") != NULL;
+    if (l->tls != CONFIG_TLS_NONE && !has_certs)
+        err(ld, "tls \"%s\" needs \"cert\" and \"key\" or \"certificates\"", tls_name(l->tls));
+    if (l->tls == CONFIG_TLS_NONE)
+        check_tls_only(ld, item, tls_keys, " (tls is \"none\", so it would be unused)");
+}
+
 static void load_listeners(struct loader *ld, json_t *arr)
 {
-    static const char *const keys[] = {"address", NULL};
     struct config *cfg = ld->cfg;
     size_t mark = path_push_key(ld, "listeners");
     if (!expect(ld, arr, JSON_ARRAY))
@@ -501,29 +726,8 @@ static void load_listeners(struct loader *ld, json_t *arr)
     for (size_t i = 0; i < n; i++) {
         /* Entry i stays zeroed (addr_len 0) when it has an error; the config is then
          * discarded, so a hole never reaches a caller. */
-        struct config_listener *l = &cfg->listeners[i];
-        json_t *item = json_array_get(arr, i);
         size_t imark = path_push_index(ld, i);
-        if (expect(ld, item, JSON_OBJECT)) {
-            check_keys(ld, item, keys);
-            char *text = NULL;
-            if (get_string(ld, item, "address", &text)) {
-                size_t amark = path_push_key(ld, "address");
-                l->address_text = text;
-                if (parse_listen_address(ld, text, l)) {
-                    for (size_t j = 0; j < i; j++) {
-                        struct config_listener *o = &cfg->listeners[j];
-                        if (o->addr_len == l->addr_len &&
-                            memcmp(&o->addr, &l->addr, l->addr_len) == 0) {
-                            err(ld, "duplicate address %s (the first is listeners[%zu])",
-                                quote(ld, text), j);
-                            break;
-                        }
-                    }
-                }
-                path_pop(ld, amark);
-            }
-        }
+        load_listener(ld, json_array_get(arr, i), i);
         path_pop(ld, imark);
     }
 out:
@@ -543,19 +747,6 @@ static bool is_upstream_name(const char *name)
             return false;
     }
     return true;
-}
-
-static const char *tls_name(enum config_tls tls)
-{
-    switch (tls) {
-    case CONFIG_TLS_NONE:
-        return "none";
-    case CONFIG_TLS_STARTTLS:
-        return "starttls";
-    case CONFIG_TLS_IMPLICIT:
-        return "implicit";
-    }
-    return "?";
 }
 
 /* Resolves u->host now, at load, so the event loop never waits on a resolver. Reports
@@ -604,7 +795,11 @@ static void resolve_upstream(struct loader *ld, struct config_upstream *u)
 
 static void load_upstream(struct loader *ld, json_t *obj, struct config_upstream *u)
 {
-    static const char *const keys[] = {"host", "port", "tls", NULL};
+    static const char *const keys[] = {"host",    "port",        "tls",         "verify",
+                                       "ca_file", "verify_name", "min_version", NULL};
+    static const char *const tls_keys[] = {"verify", "ca_file", "verify_name", "min_version", NULL};
+    u->verify = true;
+    u->min_version = CONFIG_DEFAULT_MIN_VERSION;
     if (!is_upstream_name(u->name))
         err(ld, "invalid upstream name (allowed: 1 to %d letters, digits, '.', '-', '_')",
             CONFIG_UPSTREAM_NAME_MAX);
@@ -616,42 +811,22 @@ static void load_upstream(struct loader *ld, json_t *obj, struct config_upstream
     json_int_t port = 0;
     bool port_ok = get_int_range(ld, obj, "port", 1, 65535, "", &port);
 
-    bool tls_given = false, tls_ok = true;
-    json_t *tls = json_object_get(obj, "tls");
-    if (tls != NULL) {
-        size_t mark = path_push_key(ld, "tls");
-        tls_ok = expect(ld, tls, JSON_STRING);
-        if (tls_ok) {
-            const char *t = json_string_value(tls);
-            tls_given = true;
-            if (strcmp(t, "none") == 0) {
-                u->tls = CONFIG_TLS_NONE;
-            } else if (strcmp(t, "starttls") == 0) {
-                u->tls = CONFIG_TLS_STARTTLS;
-            } else if (strcmp(t, "implicit") == 0) {
-                u->tls = CONFIG_TLS_IMPLICIT;
-            } else {
-                err(ld, "unknown value %s (allowed: \"none\", \"starttls\", \"implicit\")",
-                    quote(ld, t));
-                tls_ok = false;
-            }
-        }
-        path_pop(ld, mark);
-    }
-    if (!tls_given)
-        u->tls = port == CONFIG_IMAPS_PORT ? CONFIG_TLS_IMPLICIT : CONFIG_TLS_NONE;
+    /* Without "tls", port 993 means implicit TLS and any other port plaintext. */
+    u->tls = port == CONFIG_IMAPS_PORT ? CONFIG_TLS_IMPLICIT : CONFIG_TLS_NONE;
+    bool tls_ok = get_tls(ld, obj, &u->tls);
     if (port == 0)
         port = u->tls == CONFIG_TLS_IMPLICIT ? CONFIG_IMAPS_PORT : CONFIG_IMAP_PORT;
     u->port = (uint16_t)port;
 
-    /* The parser knows every TLS mode; the proxy does not speak TLS upstream yet, so
-     * refusing here keeps popgate from starting with a config it cannot honour. */
-    if (tls_ok && u->tls != CONFIG_TLS_NONE) {
-        size_t mark = path_push_key(ld, "tls");
-        err(ld, "\"%s\"%s is not supported yet (TLS arrives with the TLS issue); use \"none\"",
-            tls_name(u->tls), tls_given ? "" : " (the default for port 993)");
-        path_pop(ld, mark);
-    }
+    get_bool(ld, obj, "verify", &u->verify);
+    get_opt_string(ld, obj, "ca_file", &u->ca_file);
+    get_opt_string(ld, obj, "verify_name", &u->verify_name);
+    get_enum(ld, obj, "min_version", VERSION_NAMES, VERSION_VALUES, &u->min_version);
+    if (tls_ok && u->tls == CONFIG_TLS_NONE)
+        check_tls_only(ld, obj, tls_keys, "");
+    /* Callers check one name, whichever way it was set. */
+    if (u->tls != CONFIG_TLS_NONE && u->verify_name == NULL && u->host != NULL)
+        u->verify_name = dup_or_oom(ld, u->host);
 
     if (host_ok && port_ok) {
         size_t mark = path_push_key(ld, "host");
@@ -883,6 +1058,96 @@ static void load_root(struct loader *ld, json_t *root)
     load_limits(ld, json_object_get(root, "limits"));
 }
 
+/* True when msg is prefix, then file, then a closing quote: tls.c names the file it could
+ * not use that way. */
+static bool names_file(const char *msg, const char *prefix, const char *file)
+{
+    size_t p = strlen(prefix), f = strlen(file);
+    return strncmp(msg, prefix, p) == 0 && strncmp(msg + p, file, f) == 0 && msg[p + f] == '"';
+}
+
+/* Reports tls.c's reason at the current path, one printable line. */
+static void err_tls(struct loader *ld, const char *why)
+{
+    char text[CONFIG_TLS_ERROR_LEN + 8];
+    escape_into(text, sizeof(text), why, CONFIG_TLS_ERROR_LEN, false);
+    err(ld, "%s", text);
+}
+
+/* Reports a listener's context failure at the key that names what failed: the cert or
+ * key of one certificate, or ciphers; the listener itself when the reason names none. */
+static void err_listener_tls(struct loader *ld, json_t *item, const struct config_listener *l,
+                             const char *why)
+{
+    bool top = json_object_get(item, "cert") != NULL;
+    for (size_t i = 0; i < l->ncerts; i++) {
+        const struct config_cert *c = &l->certs[i];
+        const char *key = NULL;
+        if (names_file(why, "cannot load certificate \"", c->cert))
+            key = "cert";
+        else if (names_file(why, "cannot load key \"", c->key) || names_file(why, "key \"", c->key))
+            key = "key";
+        if (key == NULL)
+            continue;
+        size_t mark = ld->path_len;
+        if (!top || i > 0) {
+            path_push_key(ld, "certificates");
+            path_push_index(ld, top ? i - 1 : i);
+        }
+        path_push_key(ld, key);
+        err_tls(ld, why);
+        path_pop(ld, mark);
+        return;
+    }
+    if (strncmp(why, "invalid ciphers", 15) == 0) {
+        size_t mark = path_push_key(ld, "ciphers");
+        err_tls(ld, why);
+        path_pop(ld, mark);
+        return;
+    }
+    err_tls(ld, why);
+}
+
+/*
+ * Builds the TLS context of every listener and upstream that uses TLS, once the config is
+ * known to be well formed, so that a certificate that cannot be read refuses the config
+ * now rather than failing each handshake later. Reports every failure.
+ */
+static void build_tls(struct loader *ld, json_t *root)
+{
+    struct config *cfg = ld->cfg;
+    char why[CONFIG_TLS_ERROR_LEN];
+    json_t *listeners = json_object_get(root, "listeners");
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct config_listener *l = &cfg->listeners[i];
+        if (l->tls == CONFIG_TLS_NONE)
+            continue;
+        why[0] = '\0';
+        l->tls_ctx = tls_server_ctx_new(l, why, sizeof(why));
+        if (l->tls_ctx != NULL)
+            continue;
+        size_t mark = path_push_key(ld, "listeners");
+        path_push_index(ld, i);
+        err_listener_tls(ld, json_array_get(listeners, i), l, why);
+        path_pop(ld, mark);
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        struct config_upstream *u = &cfg->upstreams[i];
+        if (u->tls == CONFIG_TLS_NONE)
+            continue;
+        why[0] = '\0';
+        u->tls_ctx = tls_client_ctx_new(u, why, sizeof(why));
+        if (u->tls_ctx != NULL)
+            continue;
+        size_t mark = path_push_key(ld, "upstreams");
+        path_push_key(ld, u->name);
+        if (u->ca_file != NULL && names_file(why, "cannot load CA file \"", u->ca_file))
+            path_push_key(ld, "ca_file");
+        err_tls(ld, why);
+        path_pop(ld, mark);
+    }
+}
+
 /* Jansson's message, with any control byte from the input escaped. */
 static void append_json_error(struct loader *ld, const json_error_t *je)
 {
@@ -926,6 +1191,8 @@ struct config *config_load(const char *path, char **errors_r)
         append_json_error(ld, &je);
     else
         load_root(ld, root);
+    if (root != NULL && ld->errs.count == 0)
+        build_tls(ld, root);
     json_decref(root);
 
     if (ld->errs.count > 0) {
@@ -953,13 +1220,25 @@ void config_free(struct config **cfgp)
     if (cfgp == NULL || *cfgp == NULL)
         return;
     struct config *cfg = *cfgp;
-    for (size_t i = 0; i < cfg->nlisteners; i++)
-        free(cfg->listeners[i].address_text);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        struct config_listener *l = &cfg->listeners[i];
+        free(l->address_text);
+        for (size_t j = 0; j < l->ncerts; j++) {
+            free(l->certs[j].cert);
+            free(l->certs[j].key);
+        }
+        free(l->certs);
+        free(l->ciphers);
+        tls_ctx_free(l->tls_ctx);
+    }
     free(cfg->listeners);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         struct config_upstream *u = &cfg->upstreams[i];
         free(u->name);
         free(u->host);
+        free(u->ca_file);
+        free(u->verify_name);
+        tls_ctx_free(u->tls_ctx);
         free(u->addrs);
         free(u->addr_lens);
     }

@@ -13,17 +13,57 @@ enum config_tls {
     CONFIG_TLS_IMPLICIT,
 };
 
+/* Who may send a password over a connection without TLS. */
+enum config_plaintext_auth {
+    CONFIG_PLAINTEXT_LOOPBACK, /* only clients on loopback addresses (default) */
+    CONFIG_PLAINTEXT_DENY,
+    CONFIG_PLAINTEXT_ALLOW,
+};
+
+struct config_cert {
+    char *cert; /* PEM file: the certificate, then its chain */
+    char *key;  /* PEM file: the private key */
+};
+
 struct config_listener {
     char *address_text;           /* as written: "127.0.0.1:1110", "[::1]:1110" */
     struct sockaddr_storage addr; /* parsed numeric address */
     socklen_t addr_len;
+    enum config_tls tls; /* "tls": none (default), starttls (STLS), implicit */
+    /* "cert"+"key" (first, if given), then "certificates": [{"cert","key"}] in order;
+     * certs[0] is the default, the others are chosen by SNI (the first whose certificate
+     * carries the name the client asked for). At least one unless tls is none; with tls
+     * none these and the TLS policy keys below are refused as unused. */
+    struct config_cert *certs;
+    size_t ncerts;
+    int min_version;    /* "min_version": "TLSv1".."TLSv1.3" as OpenSSL's TLS1_VERSION..
+                         * TLS1_3_VERSION; default TLS1_2_VERSION */
+    char *ciphers;      /* "ciphers": OpenSSL cipher list for TLS <= 1.2, or NULL */
+    int security_level; /* "security_level" 0..5; -1 = OpenSSL's default, except that a
+                         * min_version below TLS 1.2 defaults to 0 (OpenSSL 3 refuses
+                         * TLS 1.0/1.1 at level 1 and above). A "@SECLEVEL=n" in ciphers
+                         * wins over that default; an explicit security_level wins over
+                         * both. */
+    enum config_plaintext_auth plaintext_auth; /* "plaintext_auth"; default loopback */
+    void *tls_ctx; /* SSL_CTX *, built at load unless tls is none, so a certificate that
+                    * cannot be used refuses the config; owned by the config */
 };
 
 struct config_upstream {
     char *name; /* the key in "upstreams" */
     char *host;
     uint16_t port;
-    enum config_tls tls;
+    enum config_tls tls; /* "tls"; default implicit for port 993, else none */
+    /* verify, ca_file, verify_name and min_version only go with tls starttls/implicit;
+     * with tls none they are refused as unused. */
+    bool verify;       /* "verify": check the server certificate; default true */
+    char *ca_file;     /* "ca_file": PEM CA bundle; NULL = the system store */
+    char *verify_name; /* "verify_name": the name the certificate must carry; a copy of
+                        * host when not given, so never NULL unless tls is none. May be an
+                        * IP literal: OpenSSL 3's SSL_set1_host then checks IP addresses */
+    int min_version;   /* "min_version", as for listeners; default TLS1_2_VERSION. Below
+                        * TLS 1.2 this upstream's security level is 0, as for listeners */
+    void *tls_ctx;     /* SSL_CTX *, built at load unless tls is none; owned by the config */
     /* Resolved at load (off the event loop): every address getaddrinfo gave. */
     struct sockaddr_storage *addrs;
     socklen_t *addr_lens;
@@ -74,7 +114,10 @@ struct config {
  * holds a newline or a control byte. *errors_r is NULL after a failure only if
  * memory ran out. errors_r may be NULL.
  * Upstream host names are resolved here with getaddrinfo, which may block: call
- * it off the event loop (a name that does not resolve is an error).
+ * it off the event loop (a name that does not resolve is an error). Once the file has
+ * no other error, the TLS contexts are built here too, reading every certificate, key
+ * and CA file; one that cannot be used is an error at the key naming it
+ * ("listeners[1].certificates[0].key: cannot load key ...").
  */
 struct config *config_load(const char *path, char **errors_r);
 

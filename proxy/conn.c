@@ -23,8 +23,7 @@ static enum conn_status plain_read(struct conn *c, void *buf, size_t len, size_t
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            c->want_read = true;
-            c->want_write = false;
+            c->rd_wait = CONN_WAIT_READ;
             return CONN_AGAIN;
         }
         return CONN_ERROR;
@@ -43,12 +42,23 @@ static enum conn_status plain_write(struct conn *c, const void *buf, size_t len,
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            c->want_read = false;
-            c->want_write = true;
+            c->wr_wait = CONN_WAIT_WRITE;
             return CONN_AGAIN;
         }
         return CONN_ERROR;
     }
+}
+
+static enum conn_status plain_handshake(struct conn *c)
+{
+    c->handshaking = false;
+    return CONN_DONE;
+}
+
+static size_t plain_pending(const struct conn *c)
+{
+    (void)c;
+    return 0;
 }
 
 static void plain_close(struct conn *c)
@@ -61,6 +71,8 @@ static void plain_close(struct conn *c)
 static const struct conn_ops plain_ops = {
     .read = plain_read,
     .write = plain_write,
+    .handshake = plain_handshake,
+    .pending = plain_pending,
     .close = plain_close,
 };
 
@@ -69,7 +81,10 @@ void conn_init_plain(struct conn *c, int fd)
     c->fd = fd;
     c->ops = &plain_ops;
     c->impl = NULL;
-    c->want_read = c->want_write = false;
+    c->rd_wait = c->hs_wait = CONN_WAIT_READ;
+    c->wr_wait = CONN_WAIT_WRITE;
+    c->handshaking = false;
+    c->error[0] = '\0';
 }
 
 void conn_close(struct conn *c)

@@ -59,7 +59,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        (void)session_start(loop, l->cfg, fd, &peer);
+        (void)session_start(loop, l->cfg, l->cl, fd, &peer);
     }
 }
 

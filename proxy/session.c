@@ -1,7 +1,9 @@
 /* The session core: client I/O, watchers, the command loop and the session's life. */
 #include "session.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,8 +95,7 @@ void session_close(struct session *s, const char *result)
     s->state = SESSION_CLOSING;
     if (s->result == NULL)
         s->result = result;
-    ev_io_stop(s->loop, &s->rio);
-    ev_io_stop(s->loop, &s->wio);
+    ev_io_stop(s->loop, &s->io);
     ev_timer_stop(s->loop, &s->idle);
     conn_close(&s->client);
     if (s->up != NULL)
@@ -133,13 +134,75 @@ static bool out_below_low_mark(const struct session *s)
     return buffer_len(&s->out) <= s->out.cap / 2;
 }
 
-/* Derives which watchers run from the buffers' state (one place for it). */
+static void do_handshake(struct session *s)
+{
+    enum conn_status st = conn_handshake(&s->client);
+    if (st == CONN_AGAIN)
+        return;
+    if (st != CONN_DONE) {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
+        session_close(s, "tls_failed");
+        return;
+    }
+    char desc[96];
+    conn_tls_describe(&s->client, desc, sizeof(desc));
+    session_log(s, "event=tls tls=%s", desc);
+    touch(s);
+    if (s->job == JOB_STLS) {
+        s->job = JOB_NONE;
+        return;
+    }
+    /* Implicit TLS: the greeting goes out once the channel is secure. */
+    session_reply(s, true, NULL, "popgate ready");
+}
+
+/* STLS was answered and the answer is on the wire: switch the connection to TLS. */
+static void start_stls(struct session *s)
+{
+    /* Whatever the client sent behind STLS was plaintext: never run it (RFC 2595 3.1). */
+    buffer_clear(&s->in);
+    pop3_parser_reset(s->parser);
+    if (conn_tls_accept(&s->client, s->listener->tls_ctx) < 0) {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
+        session_close(s, "tls_failed");
+        return;
+    }
+    s->secure = true;
+    do_handshake(s);
+}
+
+/* Points the one watcher at the readiness the connection needs; (re)starts it on change. */
+static void set_events(struct session *s, int events)
+{
+    if (events == s->io_events)
+        return;
+    ev_io_stop(s->loop, &s->io);
+    if (events != 0) {
+        ev_io_set(&s->io, s->client.fd, events);
+        ev_io_start(s->loop, &s->io);
+    }
+    s->io_events = events;
+}
+
+/* Derives what the watcher waits for from the buffers' state (one place for it). */
 void session_update_io(struct session *s)
 {
     if (s->reaped)
         return;
+    if (s->job == JOB_STLS && buffer_len(&s->out) == 0 && !s->client.handshaking) {
+        start_stls(s);
+        if (s->reaped)
+            return;
+    }
+    if (s->client.handshaking) {
+        set_events(s, s->client.hs_wait);
+        return;
+    }
     bool want_write = buffer_len(&s->out) > 0;
-    bool want_read = !s->client_eof && !s->flush_close && buffer_room(&s->in) > 0;
+    bool want_read =
+        !s->client_eof && !s->flush_close && s->job != JOB_STLS && buffer_room(&s->in) > 0;
     if (!want_write && s->flush_close) {
         session_close(s, s->result != NULL ? s->result : "quit");
         return;
@@ -149,18 +212,10 @@ void session_update_io(struct session *s)
         session_close(s, s->result != NULL ? s->result : "client_closed");
         return;
     }
-    if (want_read != (bool)ev_is_active(&s->rio)) {
-        if (want_read)
-            ev_io_start(s->loop, &s->rio);
-        else
-            ev_io_stop(s->loop, &s->rio);
-    }
-    if (want_write != (bool)ev_is_active(&s->wio)) {
-        if (want_write)
-            ev_io_start(s->loop, &s->wio);
-        else
-            ev_io_stop(s->loop, &s->wio);
-    }
+    set_events(s, (want_read ? s->client.rd_wait : 0) | (want_write ? s->client.wr_wait : 0));
+    /* TLS may hold decrypted bytes the socket will never announce again. */
+    if (want_read && conn_pending(&s->client) > 0)
+        ev_feed_event(s->loop, &s->io, s->client.rd_wait);
 }
 
 static void do_write(struct session *s)
@@ -183,6 +238,8 @@ static void do_write(struct session *s)
     }
     if (progressed)
         touch(s);
+    if (s->flush_close)
+        return;
     if (s->up != NULL && out_below_low_mark(s))
         upstream_resume(s->up);
     if (s->reaped)
@@ -210,12 +267,9 @@ static void do_read(struct session *s)
     case CONN_AGAIN:
         return;
     case CONN_EOF:
+        /* A half-close: answer everything already sent (a pipelined QUIT too); a
+         * client that is really gone shows as a write error. */
         s->client_eof = true;
-        if (s->job == JOB_RETR || s->job == JOB_TOP_HEADER || s->job == JOB_TOP_BODY) {
-            /* Nobody will read the rest of the message. */
-            session_close(s, "client_closed");
-            return;
-        }
         process_commands(s);
         return;
     case CONN_ERROR:
@@ -228,9 +282,16 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct session *s = w->data;
-    if ((revents & EV_WRITE) && !s->reaped)
+    if (s->client.handshaking) {
+        do_handshake(s);
+        if (!s->reaped && !s->client.handshaking && s->job == JOB_NONE)
+            process_commands(s);
+        session_update_io(s);
+        return;
+    }
+    if ((revents & s->client.wr_wait) && buffer_len(&s->out) > 0 && !s->reaped)
         do_write(s);
-    if ((revents & EV_READ) && !s->reaped)
+    if ((revents & s->client.rd_wait) && !s->reaped)
         do_read(s);
     /* Answers produced while reading go out now, without another loop turn. */
     if (!s->reaped && buffer_len(&s->out) > 0)
@@ -238,20 +299,39 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     session_update_io(s);
 }
 
+/* Whether the session waits on the upstream rather than on the client. */
+static bool waits_on_upstream(const struct session *s)
+{
+    switch (s->job) {
+    case JOB_LOGIN:
+    case JOB_QUIT_DELETE:
+    case JOB_QUIT_LOGOUT:
+        return true;
+    case JOB_RETR:
+    case JOB_TOP_HEADER:
+    case JOB_TOP_BODY:
+        /* With nothing left to write, the client is keeping up. */
+        return buffer_len(&s->out) == 0;
+    default:
+        return false;
+    }
+}
+
 static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct session *s = w->data;
+    if (waits_on_upstream(s)) {
+        /* The upstream's own timeouts watch that side. */
+        touch(s);
+        return;
+    }
     session_log(s, "event=idle_timeout state=%s",
                 s->state == SESSION_AUTHORIZATION ? "authorization" : "transaction");
-    /* RFC 1939: an autologout timer closes without entering UPDATE. */
-    buffer_clear(&s->out);
-    session_reply(s, false, NULL, "Idle timeout, closing connection");
-    s->flush_close = true;
-    s->result = "timeout";
-    do_write(s);
-    session_update_io(s);
+    /* RFC 1939 3: on an autologout timeout, close without a response and without
+     * entering UPDATE; a reply now could land inside a multi-line answer. */
+    session_close(s, "timeout");
 }
 
 /* The running command finished: release idle memory and take the next one. */
@@ -305,10 +385,13 @@ static void dispatch_authorization(struct session *s, const struct pop3_command 
         bad_command(s, "APOP is not supported; use USER and PASS");
         return;
     case POP3_CMD_AUTH:
-        bad_command(s, "AUTH is not supported; use USER and PASS");
+        session_cmd_auth(s, cmd);
+        return;
+    case POP3_CMD_SASL_LINE:
+        session_sasl_line(s, cmd);
         return;
     case POP3_CMD_STLS:
-        bad_command(s, "STLS is not available on this listener");
+        session_cmd_stls(s);
         return;
     default:
         bad_command(s, "Command not valid before login");
@@ -318,6 +401,13 @@ static void dispatch_authorization(struct session *s, const struct pop3_command 
 
 static void dispatch_transaction(struct session *s, const struct pop3_command *cmd)
 {
+    if (s->up == NULL) {
+        /* The upstream went away between commands: say so now, as this answer. */
+        session_reply(s, false, "SYS/TEMP", "Lost connection to the mail server");
+        s->flush_close = true;
+        s->result = "upstream_error";
+        return;
+    }
     switch (cmd->cmd) {
     case POP3_CMD_STAT:
         session_cmd_stat(s);
@@ -358,6 +448,11 @@ static void dispatch_transaction(struct session *s, const struct pop3_command *c
 /* Runs buffered commands one at a time while nothing is in flight and output has room. */
 static void process_commands(struct session *s)
 {
+    /* A command that completes at once calls back here (session_job_done): the
+     * outer loop goes on by itself, so do not recurse. */
+    if (s->in_commands)
+        return;
+    s->in_commands = true;
     while (!s->reaped && !s->flush_close && s->job == JOB_NONE && buffer_len(&s->in) > 0 &&
            buffer_room(&s->out) >= SESSION_REPLY_ROOM) {
         struct pop3_command cmd;
@@ -383,13 +478,45 @@ static void process_commands(struct session *s)
         buffer_consume(&s->in, consumed);
         break;
     }
+    s->in_commands = false;
     if (s->reaped)
         return;
     if (s->job == JOB_NONE && buffer_len(&s->in) == 0)
         buffer_shrink(&s->in);
 }
 
-int session_start(struct ev_loop *loop, const struct config *cfg, int fd,
+static bool is_loopback(const struct sockaddr_storage *peer)
+{
+    if (peer->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (peer->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return false;
+}
+
+bool session_plaintext_ok(const struct session *s)
+{
+    if (s->secure)
+        return true;
+    switch (s->listener->plaintext_auth) {
+    case CONFIG_PLAINTEXT_ALLOW:
+        return true;
+    case CONFIG_PLAINTEXT_DENY:
+        return false;
+    case CONFIG_PLAINTEXT_LOOPBACK:
+        break;
+    }
+    return s->is_loopback;
+}
+
+int session_start(struct ev_loop *loop, const struct config *cfg,
+                  const struct config_listener *listener, int fd,
                   const struct sockaddr_storage *peer)
 {
     struct session *s = calloc(1, sizeof(*s));
@@ -412,9 +539,10 @@ int session_start(struct ev_loop *loop, const struct config *cfg, int fd,
     conn_init_plain(&s->client, fd);
     buffer_init(&s->in, SESSION_IN_MAX, true);
     buffer_init(&s->out, cfg->limits.output_buffer, false);
-    ev_io_init(&s->rio, io_cb, fd, EV_READ);
-    ev_io_init(&s->wio, io_cb, fd, EV_WRITE);
-    s->rio.data = s->wio.data = s;
+    s->listener = listener;
+    s->is_loopback = is_loopback(peer);
+    ev_io_init(&s->io, io_cb, fd, 0);
+    s->io.data = s;
     ev_init(&s->idle, idle_cb);
     s->idle.data = s;
     s->state = SESSION_AUTHORIZATION;
@@ -427,7 +555,17 @@ int session_start(struct ev_loop *loop, const struct config *cfg, int fd,
 
     session_log(s, "event=session_start");
     touch(s);
-    session_reply(s, true, NULL, "popgate ready");
+    if (listener->tls == CONFIG_TLS_IMPLICIT) {
+        if (conn_tls_accept(&s->client, listener->tls_ctx) < 0) {
+            char q[LOG_VALUE_MAX];
+            session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
+            session_close(s, "tls_failed");
+            return -1;
+        }
+        s->secure = true;
+    } else {
+        session_reply(s, true, NULL, "popgate ready");
+    }
     session_update_io(s);
     return 0;
 }

@@ -9,10 +9,11 @@
 
 /*
  * Takes over an accepted, non-blocking client socket and serves it until the
- * client quits or fails. cfg must outlive the session. On failure the socket
- * is closed and -1 returned.
+ * client quits or fails. cfg and listener (one of cfg's) must outlive the session. On failure the
+ * socket is closed and -1 returned.
  */
-int session_start(struct ev_loop *loop, const struct config *cfg, int fd,
+int session_start(struct ev_loop *loop, const struct config *cfg,
+                  const struct config_listener *listener, int fd,
                   const struct sockaddr_storage *peer);
 
 /* Sessions alive in this process. */

@@ -1,7 +1,10 @@
 /* The AUTHORIZATION phase: USER and PASS, and the upstream login they start. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <string.h>
 
+#include "base64.h"
 #include "log.h"
 #include "reaper.h"
 #include "route.h"
@@ -17,25 +20,37 @@ static void clear_user(struct session *s)
     s->user_len = 0;
 }
 
+/* RFC 2595 / 8314: no password over a connection the policy calls insecure. */
+static bool refuse_plaintext(struct session *s)
+{
+    if (session_plaintext_ok(s))
+        return false;
+    session_reply(s, false, "AUTH", "Plaintext authentication disallowed on non-secure connection");
+    return true;
+}
+
+static int set_user(struct session *s, const char *name, size_t len)
+{
+    clear_user(s);
+    if (len == 0 || len > SESSION_USER_MAX || memchr(name, '\0', len) != NULL)
+        return -1;
+    s->user = malloc(len + 1);
+    if (s->user == NULL)
+        return -1;
+    memcpy(s->user, name, len);
+    s->user[len] = '\0';
+    s->user_len = len;
+    return 0;
+}
+
 void session_cmd_user(struct session *s, const struct pop3_command *cmd)
 {
-    if (cmd->arg.len == 0 || cmd->arg.len > SESSION_USER_MAX) {
+    if (refuse_plaintext(s))
+        return;
+    if (set_user(s, cmd->arg.p, cmd->arg.len) < 0) {
         session_reply(s, false, NULL, "Invalid user name");
         return;
     }
-    if (memchr(cmd->arg.p, '\0', cmd->arg.len) != NULL) {
-        session_reply(s, false, NULL, "Invalid user name");
-        return;
-    }
-    clear_user(s);
-    s->user = malloc(cmd->arg.len + 1);
-    if (s->user == NULL) {
-        session_reply(s, false, "SYS/TEMP", "Out of memory");
-        return;
-    }
-    memcpy(s->user, cmd->arg.p, cmd->arg.len);
-    s->user[cmd->arg.len] = '\0';
-    s->user_len = cmd->arg.len;
     session_reply(s, true, NULL, "Send your password");
 }
 
@@ -44,6 +59,7 @@ static void auth_failed(struct session *s, const char *code, const char *text)
     s->auth_failures++;
     clear_user(s);
     s->route = NULL;
+    s->sasl = SASL_NONE;
     session_reply(s, false, code, text);
     if (s->auth_failures >= SESSION_MAX_AUTH_FAILURES) {
         session_log(s, "event=too_many_auth_failures count=%u", s->auth_failures);
@@ -52,28 +68,268 @@ static void auth_failed(struct session *s, const char *code, const char *text)
     }
 }
 
-void session_cmd_pass(struct session *s, const struct pop3_command *cmd)
+/* Routes s->user and opens its upstream; NULL (after answering the client) on failure. */
+static struct upstream *open_upstream(struct session *s)
 {
-    if (s->user == NULL) {
-        session_reply(s, false, NULL, "USER first");
-        return;
-    }
     s->route = route_lookup(s->cfg, s->user);
     if (s->route == NULL) {
         /* Same answer as a wrong password: no enumeration of who exists. */
         session_log(s, "event=login_failed reason=\"no route for user\"");
         auth_failed(s, "AUTH", "Authentication failed");
-        return;
+        return NULL;
     }
     s->up = upstream_new(s->loop, s->route->upstream, &s->cfg->limits, s->id,
                          &session_upstream_handler, s);
     if (s->up == NULL) {
         session_log(s, "event=login_failed reason=\"out of memory\"");
         session_reply(s, false, "SYS/TEMP", "Temporary failure, try again later");
-        return;
+        return NULL;
     }
     s->job = JOB_LOGIN;
-    upstream_login(s->up, s->user, s->user_len, cmd->arg.p, cmd->arg.len);
+    return s->up;
+}
+
+static void start_login(struct session *s, const char *pass, size_t pass_len)
+{
+    struct upstream *u = open_upstream(s);
+    if (u != NULL)
+        upstream_login(u, s->user, s->user_len, pass, pass_len);
+    /* The upstream has its copy: the parser's line with the password goes now. */
+    pop3_parser_reset(s->parser);
+}
+
+void session_cmd_pass(struct session *s, const struct pop3_command *cmd)
+{
+    if (refuse_plaintext(s))
+        return;
+    if (s->user == NULL) {
+        session_reply(s, false, NULL, "USER first");
+        return;
+    }
+    start_login(s, cmd->arg.p, cmd->arg.len);
+}
+
+/* ---- AUTH (RFC 5034) ---- */
+
+static const char *const sasl_mechs[] = {"PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"};
+#define SASL_MECHS_LINE "PLAIN LOGIN XOAUTH2 OAUTHBEARER"
+
+const char *session_sasl_mechs(const struct session *s)
+{
+    return session_plaintext_ok(s) ? SASL_MECHS_LINE : NULL;
+}
+
+/* Asks the client for the next SASL line with a base64 challenge (may be ""). */
+static void sasl_challenge(struct session *s, enum session_sasl step, const char *b64)
+{
+    if (pop3_parser_expect_sasl(s->parser) < 0) {
+        s->sasl = SASL_NONE;
+        session_reply(s, false, "SYS/TEMP", "Out of memory");
+        return;
+    }
+    s->sasl = step;
+    char line[64];
+    int n = snprintf(line, sizeof(line), "+ %s\r\n", b64);
+    session_append(s, line, (size_t)n);
+}
+
+/* Decodes a client's base64 SASL data into a fresh buffer; "=" is the empty response. */
+static char *sasl_decode(const char *p, size_t len, size_t *out_len)
+{
+    char *out = malloc(len / 4 * 3 + 3);
+    if (out == NULL)
+        return NULL;
+    if (len == 1 && p[0] == '=') {
+        *out_len = 0;
+        return out;
+    }
+    long n = base64_decode(p, len, out, len / 4 * 3 + 3);
+    if (n < 0) {
+        free(out);
+        return NULL;
+    }
+    *out_len = (size_t)n;
+    return out;
+}
+
+static void wipe(char *p, size_t len)
+{
+    if (p != NULL) {
+        memset(p, 0, len);
+        free(p);
+    }
+}
+
+/* PLAIN: [authzid] NUL authcid NUL password (RFC 4616). */
+static void sasl_plain(struct session *s, const char *msg, size_t len)
+{
+    const char *nul1 = memchr(msg, '\0', len);
+    const char *nul2 = nul1 != NULL ? memchr(nul1 + 1, '\0', len - (size_t)(nul1 + 1 - msg)) : NULL;
+    if (nul2 == NULL) {
+        auth_failed(s, "AUTH", "Malformed PLAIN response");
+        return;
+    }
+    size_t authz_len = (size_t)(nul1 - msg);
+    const char *authc = nul1 + 1;
+    size_t authc_len = (size_t)(nul2 - authc);
+    /* Acting for another user would need the server's admin rights: not offered. */
+    if (authz_len > 0 && (authz_len != authc_len || memcmp(msg, authc, authc_len) != 0)) {
+        auth_failed(s, "AUTH", "Authorization identity not supported");
+        return;
+    }
+    if (set_user(s, authc, authc_len) < 0) {
+        auth_failed(s, "AUTH", "Invalid user name");
+        return;
+    }
+    start_login(s, nul2 + 1, len - (size_t)(nul2 + 1 - msg));
+}
+
+/* The user an OAuth response is for: XOAUTH2 "user=" or OAUTHBEARER's GS2 "a=". */
+static int oauth_user(struct session *s, const char *msg, size_t len)
+{
+    char name[SESSION_USER_MAX + 1];
+    size_t n = 0;
+    if (strcmp(s->sasl_mech, "XOAUTH2") == 0) {
+        if (len < 5 || memcmp(msg, "user=", 5) != 0)
+            return -1;
+        for (size_t i = 5; i < len && msg[i] != '\x01'; i++) {
+            if (n == SESSION_USER_MAX)
+                return -1;
+            name[n++] = msg[i];
+        }
+        return set_user(s, name, n);
+    }
+    /* gs2-header: flag "," [ "a=" saslname ] "," with =2C and =3D escapes (RFC 5801). */
+    const char *comma = memchr(msg, ',', len);
+    if (comma == NULL || (size_t)(comma - msg) + 3 > len || memcmp(comma + 1, "a=", 2) != 0)
+        return -1;
+    for (size_t i = (size_t)(comma - msg) + 3; i < len && msg[i] != ','; i++) {
+        char c = msg[i];
+        if (c == '=') {
+            if (i + 2 >= len)
+                return -1;
+            if (msg[i + 1] == '2' && msg[i + 2] == 'C')
+                c = ',';
+            else if (msg[i + 1] == '3' && msg[i + 2] == 'D')
+                c = '=';
+            else
+                return -1;
+            i += 2;
+        }
+        if (n == SESSION_USER_MAX)
+            return -1;
+        name[n++] = c;
+    }
+    return set_user(s, name, n);
+}
+
+static void sasl_oauth(struct session *s, const char *msg, size_t len)
+{
+    if (oauth_user(s, msg, len) < 0) {
+        auth_failed(s, "AUTH", "Malformed OAuth response");
+        return;
+    }
+    struct upstream *u = open_upstream(s);
+    if (u != NULL)
+        upstream_login_sasl(u, s->sasl_mech, msg, len);
+    pop3_parser_reset(s->parser);
+}
+
+void session_cmd_auth(struct session *s, const struct pop3_command *cmd)
+{
+    if (cmd->argc == 0) {
+        /* A bare AUTH lists the mechanisms (RFC 1734; old Outlook asks this way). */
+        session_reply(s, true, NULL, "Mechanisms follow");
+        const char *mechs = session_sasl_mechs(s);
+        for (size_t i = 0; mechs != NULL && i < sizeof(sasl_mechs) / sizeof(sasl_mechs[0]); i++) {
+            session_append(s, sasl_mechs[i], strlen(sasl_mechs[i]));
+            session_append(s, "\r\n", 2);
+        }
+        session_append(s, ".\r\n", 3);
+        return;
+    }
+    if (refuse_plaintext(s))
+        return;
+    const struct pop3_slice *mech = &cmd->argv[0];
+    enum session_sasl step = SASL_NONE;
+    s->sasl_mech = NULL;
+    for (size_t i = 0; i < sizeof(sasl_mechs) / sizeof(sasl_mechs[0]); i++) {
+        if (mech->len == strlen(sasl_mechs[i]) &&
+            strncasecmp(mech->p, sasl_mechs[i], mech->len) == 0)
+            s->sasl_mech = sasl_mechs[i];
+    }
+    if (s->sasl_mech == NULL) {
+        session_reply(s, false, NULL, "Unsupported authentication mechanism");
+        return;
+    }
+    if (strcmp(s->sasl_mech, "PLAIN") == 0)
+        step = SASL_PLAIN;
+    else if (strcmp(s->sasl_mech, "LOGIN") == 0)
+        step = SASL_LOGIN_USER;
+    else
+        step = SASL_OAUTH;
+    clear_user(s);
+    if (cmd->argc == 2) {
+        /* The initial response counts as the first line of the exchange. */
+        s->sasl = step;
+        session_sasl_line(s,
+                          &(struct pop3_command){.cmd = POP3_CMD_SASL_LINE, .arg = cmd->argv[1]});
+        return;
+    }
+    sasl_challenge(s, step, step == SASL_LOGIN_USER ? "VXNlcm5hbWU6" : "");
+}
+
+void session_sasl_line(struct session *s, const struct pop3_command *cmd)
+{
+    enum session_sasl step = s->sasl;
+    s->sasl = SASL_NONE;
+    if (cmd->arg.len == 1 && cmd->arg.p[0] == '*') {
+        clear_user(s);
+        session_reply(s, false, NULL, "Authentication cancelled");
+        return;
+    }
+    size_t len = 0;
+    char *msg = sasl_decode(cmd->arg.p, cmd->arg.len, &len);
+    if (msg == NULL) {
+        auth_failed(s, "AUTH", "Invalid base64 in SASL response");
+        return;
+    }
+    switch (step) {
+    case SASL_PLAIN:
+        sasl_plain(s, msg, len);
+        break;
+    case SASL_LOGIN_USER:
+        if (set_user(s, msg, len) < 0)
+            auth_failed(s, "AUTH", "Invalid user name");
+        else
+            sasl_challenge(s, SASL_LOGIN_PASS, "UGFzc3dvcmQ6");
+        break;
+    case SASL_LOGIN_PASS:
+        start_login(s, msg, len);
+        break;
+    case SASL_OAUTH:
+        sasl_oauth(s, msg, len);
+        break;
+    case SASL_NONE:
+        session_reply(s, false, NULL, "No authentication in progress");
+        break;
+    }
+    wipe(msg, cmd->arg.len / 4 * 3 + 3);
+}
+
+void session_cmd_stls(struct session *s)
+{
+    if (s->listener->tls != CONFIG_TLS_STARTTLS) {
+        session_reply(s, false, NULL, "STLS is not available on this listener");
+        return;
+    }
+    if (s->secure) {
+        session_reply(s, false, NULL, "TLS is already active");
+        return;
+    }
+    clear_user(s);
+    session_reply(s, true, NULL, "Begin TLS negotiation");
+    s->job = JOB_STLS;
 }
 
 void session_drop_upstream(struct session *s)
@@ -137,12 +393,12 @@ static void up_failed(void *ctx, enum upstream_status st, const char *raw_detail
     struct session *s = ctx;
     char q[LOG_VALUE_MAX];
     const char *detail = log_str(q, sizeof(q), raw_detail);
+    session_drop_upstream(s);
+    if (s->flush_close || s->state != SESSION_TRANSACTION)
+        return;
+    /* Between commands (or during a listing, which needs no upstream): POP3 has no
+     * unsolicited replies, so the next command gets the -ERR. Nothing was changed. */
     session_log(s, "event=upstream_lost class=%s reason=%s", upstream_status_name(st), detail);
-    /* Between commands: the transaction cannot go on; nothing was changed upstream. */
-    session_reply(s, false, "SYS/TEMP", "Lost connection to the mail server");
-    s->flush_close = true;
-    s->result = "upstream_error";
-    session_update_io(s);
 }
 
 static size_t up_body_room(void *ctx)
@@ -150,14 +406,17 @@ static size_t up_body_room(void *ctx)
     return session_body_room(ctx);
 }
 
+/* These run inside the upstream's callbacks: start the client writer from here. */
 static void up_body_begin(void *ctx, uint64_t size)
 {
     session_body_begin(ctx, size);
+    session_update_io(ctx);
 }
 
 static void up_body_data(void *ctx, const char *p, size_t n)
 {
     session_body_data(ctx, p, n);
+    session_update_io(ctx);
 }
 
 static void up_body_end(void *ctx)

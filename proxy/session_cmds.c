@@ -8,11 +8,15 @@
 
 void session_cmd_capa(struct session *s)
 {
-    /* The same list before and after login: some clients ask only once. */
+    /* The same list before and after login: some clients ask only once. What
+     * changes is only what TLS changes: STLS, and the login methods it unlocks. */
     const struct pop3_capa capa = {
         .top = true,
         .uidl = true,
-        .user = true,
+        .user = session_plaintext_ok(s),
+        .stls = s->listener->tls == CONFIG_TLS_STARTTLS && !s->secure &&
+                s->state == SESSION_AUTHORIZATION,
+        .sasl = session_sasl_mechs(s),
         .resp_codes = true,
         .auth_resp_code = true,
         .pipelining = true,

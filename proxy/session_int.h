@@ -42,6 +42,16 @@ enum session_job {
     JOB_TOP_BODY,
     JOB_QUIT_DELETE,
     JOB_QUIT_LOGOUT,
+    JOB_STLS, /* STLS answered: the handshake starts once the answer is written */
+};
+
+/* Where an AUTH exchange stands (RFC 5034). */
+enum session_sasl {
+    SASL_NONE,
+    SASL_PLAIN,      /* waiting for the PLAIN response */
+    SASL_LOGIN_USER, /* waiting for the LOGIN user name */
+    SASL_LOGIN_PASS, /* waiting for the LOGIN password */
+    SASL_OAUTH,      /* waiting for the XOAUTH2 / OAUTHBEARER response */
 };
 
 struct session {
@@ -51,8 +61,12 @@ struct session {
     char peer[64];
     ev_tstamp started;
 
+    const struct config_listener *listener;
     struct conn client;
-    ev_io rio, wio;
+    ev_io io;
+    int io_events;
+    bool secure;      /* TLS is on (implicit, or after STLS) */
+    bool is_loopback; /* the client connects from a loopback address */
     ev_timer idle;
     struct buffer in, out;
     struct pop3_parser *parser;
@@ -62,12 +76,15 @@ struct session {
     bool client_eof;  /* the client half-closed: finish what it sent, then close */
     bool flush_close; /* close once the output is written */
     bool reaped;
+    bool in_commands; /* process_commands is on the stack */
     unsigned bad_commands;
     unsigned auth_failures;
     const char *result; /* for the session summary line */
 
     char *user;
     size_t user_len;
+    enum session_sasl sasl;
+    const char *sasl_mech; /* "XOAUTH2" or "OAUTHBEARER" for SASL_OAUTH */
     const struct config_route *route;
     struct upstream *up;
     struct maildrop *md;
@@ -102,10 +119,17 @@ void session_close(struct session *s, const char *result);
 void session_update_io(struct session *s);
 void session_log(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *session_user_value(struct session *s, char *buf, size_t cap);
+/* True when this connection may carry a password (TLS, or the listener's policy). */
+bool session_plaintext_ok(const struct session *s);
 
 /* session_auth.c */
 void session_cmd_user(struct session *s, const struct pop3_command *cmd);
 void session_cmd_pass(struct session *s, const struct pop3_command *cmd);
+void session_cmd_auth(struct session *s, const struct pop3_command *cmd);
+void session_sasl_line(struct session *s, const struct pop3_command *cmd);
+void session_cmd_stls(struct session *s);
+/* The SASL mechanisms usable on this connection now ("PLAIN LOGIN ..."), or NULL. */
+const char *session_sasl_mechs(const struct session *s);
 /* Closes the upstream and leaves its free to the reaper (it may be inside its callback). */
 void session_drop_upstream(struct session *s);
 extern const struct upstream_handler session_upstream_handler;

@@ -57,6 +57,7 @@ void session_quit_done(struct session *s, enum upstream_status st, const char *d
         return;
     }
     /* LOGOUT ended (a failure here changes nothing: the update is done). */
+    session_drop_upstream(s);
     if (s->quit_partial) {
         session_reply(s, false, "SYS/PERM", "Some deleted messages not removed");
         s->result = "update_partial";

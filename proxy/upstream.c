@@ -1,6 +1,7 @@
 /* The IMAP client side of a session: connect, log in, snapshot, fetch, delete, log out. */
 #include "upstream.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,7 +30,9 @@
 enum stage {
     ST_IDLE,
     ST_CONNECTING,
+    ST_TLS, /* TLS handshake (implicit, or after STARTTLS) */
     ST_GREETING,
+    ST_STARTTLS,
     ST_CAPABILITY,
     ST_AUTH,
     ST_POSTCAPS,
@@ -71,7 +74,9 @@ struct upstream {
     char session_id[16];
 
     struct conn conn;
-    ev_io rio, wio;
+    ev_io io;
+    int io_events;
+    bool starttls_go; /* STARTTLS was accepted: drop buffered input, start the handshake */
     ev_timer timer;
     size_t addr_index;
 
@@ -87,16 +92,17 @@ struct upstream {
     bool closed;
 
     /* Capabilities. */
-    bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus;
+    bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus, starttls;
+    bool auth_xoauth2, auth_oauthbearer;
 
     /* Login. */
-    char *user, *pass;
+    char *user, *pass; /* pass holds the client's SASL message for OAuth mechanisms */
     size_t user_len, pass_len;
-    char *pending; /* the rest of a command waiting for "+" (synchronizing literals) */
+    const char *sasl_mech; /* NULL: PLAIN or LOGIN with user and password */
+    char *pending;         /* the rest of a command waiting for "+" (synchronizing literals) */
     size_t pending_len;
     size_t pending_sync[IMAP_CMD_SYNC_MAX];
     unsigned pending_nsync, pending_next;
-    bool auth_continued;
 
     /* Snapshot. */
     uint32_t uidvalidity, exists;
@@ -117,6 +123,7 @@ struct upstream {
 
 static void process_input(struct upstream *u);
 static void update_io(struct upstream *u);
+static void try_connect(struct upstream *u);
 
 const char *upstream_status_name(enum upstream_status st)
 {
@@ -215,6 +222,22 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct upstream *u = w->data;
+    if (u->stage == ST_CONNECTING) {
+        /* A black-holed address: try the next one before giving up. */
+        char addr[64];
+        conn_format_addr(&u->cfg->addrs[u->addr_index], addr, sizeof(addr));
+        set_detail(u, "connect to %s timed out", addr);
+        ev_io_stop(u->loop, &u->io);
+        u->io_events = 0;
+        conn_close(&u->conn);
+        u->addr_index++;
+        if (u->addr_index < u->cfg->naddrs) {
+            try_connect(u);
+            return;
+        }
+        finish(u, UPSTREAM_TIMEOUT);
+        return;
+    }
     static const char *const stage_names[] = {
         "idle",  "connect", "greeting", "capability", "login",  "capability", "select",
         "sizes", "fetch",   "store",    "expunge",    "logout", "closed",
@@ -279,6 +302,7 @@ static void cap_reset(struct upstream *u)
 {
     u->caps_known = true;
     u->literal_plus = u->sasl_ir = u->auth_plain = u->logindisabled = u->uidplus = false;
+    u->starttls = u->auth_xoauth2 = u->auth_oauthbearer = false;
 }
 
 static void cap_add(struct upstream *u, const char *p, size_t len)
@@ -294,6 +318,12 @@ static void cap_add(struct upstream *u, const char *p, size_t len)
         u->logindisabled = true;
     else if (CAP_IS("UIDPLUS"))
         u->uidplus = true;
+    else if (CAP_IS("STARTTLS"))
+        u->starttls = true;
+    else if (CAP_IS("AUTH=XOAUTH2"))
+        u->auth_xoauth2 = true;
+    else if (CAP_IS("AUTH=OAUTHBEARER"))
+        u->auth_oauthbearer = true;
 #undef CAP_IS
 }
 
@@ -321,9 +351,79 @@ static void start_select(struct upstream *u)
         finish(u, UPSTREAM_INTERNAL);
 }
 
+/* Builds the SASL message to send: PLAIN's from user and password, or the client's own
+ * OAuth message, which popgate passes on unchanged. Returns NULL when out of memory. */
+static char *sasl_message(struct upstream *u, size_t *len_r)
+{
+    if (u->sasl_mech != NULL) {
+        char *raw = malloc(u->pass_len ? u->pass_len : 1);
+        if (raw != NULL)
+            memcpy(raw, u->pass, u->pass_len);
+        *len_r = u->pass_len;
+        return raw;
+    }
+    /* authzid NUL authcid NUL password (RFC 4616): base64 leaves no quoting questions. */
+    size_t len = 1 + u->user_len + 1 + u->pass_len;
+    char *raw = malloc(len);
+    if (raw != NULL) {
+        raw[0] = '\0';
+        memcpy(raw + 1, u->user, u->user_len);
+        raw[1 + u->user_len] = '\0';
+        memcpy(raw + 2 + u->user_len, u->pass, u->pass_len);
+    }
+    *len_r = len;
+    return raw;
+}
+
+/* AUTHENTICATE <mech>, with the response inline (SASL-IR) or after the server's "+". */
+static int send_authenticate(struct upstream *u, struct imap_cmd *c, const char *mech)
+{
+    size_t raw_len = 0;
+    char *raw = sasl_message(u, &raw_len);
+    size_t b64_cap = BASE64_ENCODED_SIZE(raw_len);
+    char *b64 = malloc(b64_cap + 2);
+    long n = -1;
+    if (raw != NULL && b64 != NULL)
+        n = base64_encode(raw, raw_len, b64, b64_cap);
+    int rc = -1;
+    char name[32];
+    snprintf(name, sizeof(name), "AUTHENTICATE %s", mech);
+    if (n < 0) {
+        set_detail(u, "out of memory");
+    } else if ((size_t)n + 64 > IMAP_CMD_MAX) {
+        set_detail(u, "login does not fit a command");
+    } else if (u->sasl_ir) {
+        imap_cmd_begin(c, u->tag, name, u->literal_plus);
+        /* RFC 4959: an empty initial response is sent as "=". */
+        imap_cmd_raw(c, n == 0 ? "=" : b64);
+        rc = send_cmd(u, c);
+    } else {
+        imap_cmd_begin(c, u->tag, name, u->literal_plus);
+        rc = send_cmd(u, c);
+        if (rc == 0) {
+            memcpy(b64 + n, "\r\n", 2);
+            u->pending = b64;
+            u->pending_len = (size_t)n + 2;
+            u->pending_nsync = 0;
+            u->pending_next = 0;
+            b64 = NULL;
+        }
+    }
+    if (raw != NULL)
+        wipe_free(&raw, raw_len);
+    if (b64 != NULL)
+        wipe_free(&b64, b64_cap + 2);
+    return rc;
+}
+
 static void start_auth(struct upstream *u)
 {
-    if (u->logindisabled && !u->auth_plain) {
+    if (u->sasl_mech != NULL &&
+        !(strcmp(u->sasl_mech, "XOAUTH2") == 0 ? u->auth_xoauth2 : u->auth_oauthbearer)) {
+        fail(u, UPSTREAM_AUTH, "upstream does not offer AUTH=%s", u->sasl_mech);
+        return;
+    }
+    if (u->sasl_mech == NULL && u->logindisabled && !u->auth_plain) {
         fail(u, UPSTREAM_PROTOCOL, "upstream announces LOGINDISABLED and no AUTH=PLAIN");
         return;
     }
@@ -334,50 +434,11 @@ static void start_auth(struct upstream *u)
     }
     next_tag(u);
     u->stage = ST_AUTH;
-    u->auth_continued = false;
     int rc;
-    if (u->auth_plain) {
-        /* authzid NUL authcid NUL password, base64 (RFC 4616): no quoting questions. */
-        size_t raw_len = 1 + u->user_len + 1 + u->pass_len;
-        size_t b64_cap = BASE64_ENCODED_SIZE(raw_len);
-        char *raw = malloc(raw_len);
-        char *b64 = malloc(b64_cap);
-        long n = -1;
-        if (raw != NULL && b64 != NULL) {
-            raw[0] = '\0';
-            memcpy(raw + 1, u->user, u->user_len);
-            raw[1 + u->user_len] = '\0';
-            memcpy(raw + 2 + u->user_len, u->pass, u->pass_len);
-            n = base64_encode(raw, raw_len, b64, b64_cap);
-        }
-        if (n < 0 || (size_t)n + 64 > IMAP_CMD_MAX) {
-            set_detail(u, "login does not fit a command");
-            rc = -1;
-        } else if (u->sasl_ir) {
-            imap_cmd_begin(c, u->tag, "AUTHENTICATE PLAIN", u->literal_plus);
-            imap_cmd_raw(c, b64);
-            rc = send_cmd(u, c);
-        } else {
-            /* The response goes as a continuation line after the server's "+". */
-            imap_cmd_begin(c, u->tag, "AUTHENTICATE PLAIN", u->literal_plus);
-            rc = send_cmd(u, c);
-            if (rc == 0) {
-                u->pending_len = (size_t)n + 2;
-                u->pending = malloc(u->pending_len);
-                if (u->pending == NULL) {
-                    rc = -1;
-                } else {
-                    memcpy(u->pending, b64, (size_t)n);
-                    memcpy(u->pending + n, "\r\n", 2);
-                    u->pending_nsync = 0;
-                    u->pending_next = 0;
-                }
-            }
-        }
-        if (raw != NULL)
-            wipe_free(&raw, raw_len);
-        if (b64 != NULL)
-            wipe_free(&b64, b64_cap);
+    if (u->sasl_mech != NULL) {
+        rc = send_authenticate(u, c, u->sasl_mech);
+    } else if (u->auth_plain) {
+        rc = send_authenticate(u, c, "PLAIN");
     } else {
         imap_cmd_begin(c, u->tag, "LOGIN", u->literal_plus);
         imap_cmd_string(c, u->user, u->user_len);
@@ -402,8 +463,12 @@ static void on_continuation(struct upstream *u)
 {
     if (u->pending == NULL) {
         if (u->stage == ST_AUTH) {
-            /* The server wants more SASL data than PLAIN has: cancel. */
-            (void)buffer_append(&u->out, "*\r\n", 3);
+            /* A challenge after our response is an error report (XOAUTH2, RFC 7628):
+             * answer as the mechanism wants, so the server ends with a tagged NO. */
+            const char *reply = "*\r\n";
+            if (u->sasl_mech != NULL)
+                reply = strcmp(u->sasl_mech, "OAUTHBEARER") == 0 ? "AQ==\r\n" : "\r\n";
+            (void)buffer_append(&u->out, reply, strlen(reply));
             return;
         }
         fail(u, UPSTREAM_PROTOCOL, "unexpected continuation request");
@@ -435,6 +500,7 @@ static enum upstream_status classify_login_no(const struct resp *r)
 /* ---- tagged completions ---- */
 
 static void start_next_delete(struct upstream *u);
+static void after_caps(struct upstream *u);
 
 static void on_tagged(struct upstream *u)
 {
@@ -453,7 +519,14 @@ static void on_tagged(struct upstream *u)
             fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
             return;
         }
-        start_auth(u);
+        after_caps(u);
+        return;
+    case ST_STARTTLS:
+        if (!ok) {
+            fail(u, UPSTREAM_PROTOCOL, "STARTTLS refused: %s", r->text);
+            return;
+        }
+        u->starttls_go = true;
         return;
     case ST_AUTH:
         wipe_free(&u->pending, u->pending_len);
@@ -510,6 +583,9 @@ static void on_tagged(struct upstream *u)
         finish(u, UPSTREAM_OK);
         return;
     case ST_FETCH:
+        /* RFC 5530: EXPUNGEISSUED means the data is gone, even with OK. */
+        if (ok && strcasecmp(r->code, "EXPUNGEISSUED") == 0 && !u->body_seen)
+            ok = false;
         if (!ok)
             set_detail(u, "fetch of uid %u refused: %s", u->fetch_uid, r->text);
         finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
@@ -535,12 +611,67 @@ static void on_tagged(struct upstream *u)
 
 /* ---- untagged responses ---- */
 
+/* Capabilities are known: go on with STARTTLS where configured, else log in. */
+static void after_caps(struct upstream *u)
+{
+    if (u->cfg->tls == CONFIG_TLS_STARTTLS && !conn_is_tls(&u->conn)) {
+        /* Never fall back to plaintext: the password would cross the wire in clear. */
+        if (!u->starttls) {
+            fail(u, UPSTREAM_PROTOCOL, "upstream does not offer STARTTLS; not logging in");
+            return;
+        }
+        u->stage = ST_STARTTLS;
+        if (send_simple(u, "STARTTLS", NULL) < 0)
+            finish(u, UPSTREAM_INTERNAL);
+        return;
+    }
+    start_auth(u);
+}
+
+static void begin_tls(struct upstream *u)
+{
+    const struct config_upstream *cfg = u->cfg;
+    const char *verify_name = NULL;
+    if (cfg->verify)
+        verify_name = cfg->verify_name != NULL ? cfg->verify_name : cfg->host;
+    /* SNI carries host names only (RFC 6066 3). */
+    unsigned char addr[16];
+    bool is_ip =
+        inet_pton(AF_INET, cfg->host, addr) == 1 || inet_pton(AF_INET6, cfg->host, addr) == 1;
+    if (conn_tls_connect(&u->conn, cfg->tls_ctx, is_ip ? NULL : cfg->host, verify_name) < 0) {
+        fail(u, UPSTREAM_CONNECT, "%s", u->conn.error);
+        return;
+    }
+    u->stage = ST_TLS;
+    arm_timer(u, u->limits->connect_timeout);
+}
+
+static void tls_step(struct upstream *u)
+{
+    enum conn_status st = conn_handshake(&u->conn);
+    if (st == CONN_AGAIN)
+        return;
+    if (st != CONN_DONE) {
+        fail(u, UPSTREAM_CONNECT, "TLS with upstream %s failed: %s", u->cfg->name, u->conn.error);
+        return;
+    }
+    if (u->cfg->tls == CONFIG_TLS_IMPLICIT) {
+        u->stage = ST_GREETING;
+        return;
+    }
+    /* After STARTTLS, what was said before TLS no longer counts (RFC 3501 6.2.1). */
+    u->caps_known = false;
+    u->stage = ST_CAPABILITY;
+    if (send_simple(u, "CAPABILITY", NULL) < 0)
+        finish(u, UPSTREAM_INTERNAL);
+}
+
 static void on_greeting(struct upstream *u)
 {
     struct resp *r = &u->r;
     if (strcasecmp(r->word, "OK") == 0) {
         if (u->caps_known) {
-            start_auth(u);
+            after_caps(u);
             return;
         }
         u->stage = ST_CAPABILITY;
@@ -713,7 +844,7 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         r->want_value = false;
         break;
     case IMAP_EV_NIL:
-        section_string(u, "", 0);
+        /* "BODY[] NIL": the message was expunged (Dovecot); no section, not an empty one. */
         r->want_value = false;
         break;
     case IMAP_EV_LIST_BEGIN:
@@ -812,6 +943,17 @@ static void process_input(struct upstream *u)
         if (u->closed)
             return;
         buffer_consume(&u->in, consumed);
+        if (u->starttls_go) {
+            u->starttls_go = false;
+            /* Bytes behind the STARTTLS answer were sent in clear: an injection. */
+            if (buffer_len(&u->in) > 0) {
+                log_line(LOG_WARN, "session=%s upstream=%s event=starttls_injection bytes=%zu",
+                         u->session_id, u->cfg->name, buffer_len(&u->in));
+                buffer_consume(&u->in, buffer_len(&u->in));
+            }
+            begin_tls(u);
+            return;
+        }
         if (t == IMAP_EV_MORE)
             break;
     }
@@ -865,8 +1007,6 @@ static void do_write(struct upstream *u)
     buffer_shrink(&u->out);
 }
 
-static void try_connect(struct upstream *u);
-
 static void connected(struct upstream *u)
 {
     int err = 0;
@@ -877,35 +1017,52 @@ static void connected(struct upstream *u)
         char addr[64];
         conn_format_addr(&u->cfg->addrs[u->addr_index], addr, sizeof(addr));
         set_detail(u, "connect to %s failed: %s", addr, strerror(err));
+        ev_io_stop(u->loop, &u->io);
+        u->io_events = 0;
         conn_close(&u->conn);
         u->addr_index++;
         try_connect(u);
         return;
     }
-    u->stage = ST_GREETING;
     arm_timer(u, u->limits->connect_timeout);
+    if (u->cfg->tls == CONFIG_TLS_IMPLICIT) {
+        begin_tls(u);
+        return;
+    }
+    u->stage = ST_GREETING;
 }
 
+static void set_events(struct upstream *u, int events)
+{
+    if (events == u->io_events)
+        return;
+    ev_io_stop(u->loop, &u->io);
+    if (events != 0) {
+        ev_io_set(&u->io, u->conn.fd, events);
+        ev_io_start(u->loop, &u->io);
+    }
+    u->io_events = events;
+}
+
+/* Derives what the watcher waits for from the stage and the buffers (one place for it). */
 static void update_io(struct upstream *u)
 {
     if (u->closed)
         return;
-    bool want_read, want_write;
     if (u->stage == ST_CONNECTING) {
-        want_read = false;
-        want_write = true;
-    } else {
-        want_read = !u->paused && buffer_room(&u->in) > 0;
-        want_write = buffer_len(&u->out) > 0;
+        set_events(u, EV_WRITE);
+        return;
     }
-    if (want_read && !ev_is_active(&u->rio))
-        ev_io_start(u->loop, &u->rio);
-    else if (!want_read && ev_is_active(&u->rio))
-        ev_io_stop(u->loop, &u->rio);
-    if (want_write && !ev_is_active(&u->wio))
-        ev_io_start(u->loop, &u->wio);
-    else if (!want_write && ev_is_active(&u->wio))
-        ev_io_stop(u->loop, &u->wio);
+    if (u->conn.handshaking) {
+        set_events(u, u->conn.hs_wait);
+        return;
+    }
+    bool want_read = !u->paused && buffer_room(&u->in) > 0;
+    bool want_write = buffer_len(&u->out) > 0;
+    set_events(u, (want_read ? u->conn.rd_wait : 0) | (want_write ? u->conn.wr_wait : 0));
+    /* TLS may hold decrypted bytes the socket will never announce again. */
+    if (want_read && conn_pending(&u->conn) > 0)
+        ev_feed_event(u->loop, &u->io, u->conn.rd_wait);
 }
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -914,13 +1071,15 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     struct upstream *u = w->data;
     if (u->stage == ST_CONNECTING) {
         connected(u);
+    } else if (u->conn.handshaking) {
+        tls_step(u);
     } else {
-        if ((revents & EV_WRITE) && !u->closed)
+        if ((revents & u->conn.wr_wait) && buffer_len(&u->out) > 0 && !u->closed)
             do_write(u);
-        if ((revents & EV_READ) && !u->closed)
+        if ((revents & u->conn.rd_wait) && !u->closed)
             do_read(u);
         /* Replies queued while reading go out now, without another loop turn. */
-        if (!u->closed && buffer_len(&u->out) > 0)
+        if (!u->closed && !u->conn.handshaking && buffer_len(&u->out) > 0)
             do_write(u);
     }
     update_io(u);
@@ -941,8 +1100,7 @@ static void try_connect(struct upstream *u)
             continue;
         }
         conn_init_plain(&u->conn, fd);
-        ev_io_set(&u->rio, fd, EV_READ);
-        ev_io_set(&u->wio, fd, EV_WRITE);
+        u->io_events = -1; /* force set_events to point the watcher at the new fd */
         if (connect(fd, (const struct sockaddr *)sa, u->cfg->addr_lens[u->addr_index]) == 0 ||
             errno == EINPROGRESS) {
             u->stage = ST_CONNECTING;
@@ -984,9 +1142,8 @@ struct upstream *upstream_new(struct ev_loop *loop, const struct config_upstream
     buffer_init(&u->in, UPSTREAM_IN_MAX, false);
     /* The output holds login commands: wipe it when it is released. */
     buffer_init(&u->out, UPSTREAM_OUT_MAX, true);
-    ev_io_init(&u->rio, io_cb, -1, EV_READ);
-    ev_io_init(&u->wio, io_cb, -1, EV_WRITE);
-    u->rio.data = u->wio.data = u;
+    ev_io_init(&u->io, io_cb, -1, 0);
+    u->io.data = u;
     ev_init(&u->timer, timer_cb);
     u->timer.data = u;
     u->stage = ST_IDLE;
@@ -997,8 +1154,7 @@ void upstream_close(struct upstream *u)
 {
     if (u->closed)
         return;
-    ev_io_stop(u->loop, &u->rio);
-    ev_io_stop(u->loop, &u->wio);
+    ev_io_stop(u->loop, &u->io);
     ev_timer_stop(u->loop, &u->timer);
     conn_close(&u->conn);
     forget_credentials(u);
@@ -1052,6 +1208,12 @@ void upstream_login(struct upstream *u, const char *user, size_t user_len, const
     }
     u->addr_index = 0;
     try_connect(u);
+}
+
+void upstream_login_sasl(struct upstream *u, const char *mech, const char *msg, size_t len)
+{
+    u->sasl_mech = mech;
+    upstream_login(u, "", 0, msg, len);
 }
 
 struct maildrop *upstream_take_maildrop(struct upstream *u)

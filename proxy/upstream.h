@@ -69,6 +69,13 @@ void upstream_free_cb(void *u);
 void upstream_login(struct upstream *u, const char *user, size_t user_len, const char *pass,
                     size_t pass_len);
 
+/*
+ * Like upstream_login, but authenticates with the client's own SASL message for
+ * mech ("XOAUTH2" or "OAUTHBEARER", a static string), passed on unchanged; the
+ * server must announce AUTH=<mech>, else done(UPSTREAM_AUTH).
+ */
+void upstream_login_sasl(struct upstream *u, const char *mech, const char *msg, size_t len);
+
 /* Gives the snapshot built by upstream_login() to the caller (once). */
 struct maildrop *upstream_take_maildrop(struct upstream *u);
 

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,9 @@ static struct config *load_text(const char *text, char **errors_r)
 /* A good config with one section replaced. */
 #define WITH_LISTENERS(x) "{'listeners': " x ", " UPSTREAMS ", " ROUTES ", " STATE "}"
 #define WITH_ADDRESS(a)   WITH_LISTENERS("[{'address': '" a "'}]")
+/* The one listener, with more keys after its address. */
+#define WITH_LISTENER(x)  WITH_LISTENERS("[{'address': '127.0.0.1:1110', " x "}]")
+#define TLS_PAIR          "'tls': 'implicit', 'cert': 'c.pem', 'key': 'k.pem'"
 #define WITH_UPSTREAMS(x) "{" LISTENERS ", 'upstreams': " x ", " ROUTES ", " STATE "}"
 #define WITH_MAIN(x)      WITH_UPSTREAMS("{'main': " x "}")
 #define WITH_ROUTES(x)    "{" LISTENERS ", " UPSTREAMS ", 'routes': " x ", " STATE "}"
@@ -49,6 +53,14 @@ static struct config *load_text(const char *text, char **errors_r)
 #define ONE      "popgate: 1 error in popgate.json\n"
 #define ERRORS_N "errors in popgate.json\n"
 #define FORMS    "(expected \"IPv4:port\" or \"[IPv6]:port\")"
+#define LISTENER_KEYS                                                                              \
+    "address, tls, cert, key, certificates, min_version, ciphers, security_level, plaintext_auth"
+#define UPSTREAM_KEYS "host, port, tls, verify, ca_file, verify_name, min_version"
+#define TLS_VALUES    "(allowed: \"none\", \"starttls\", \"implicit\")"
+#define VERSIONS      "(allowed: \"TLSv1\", \"TLSv1.1\", \"TLSv1.2\", \"TLSv1.3\")"
+#define TLS_ONLY      "only used with tls \"starttls\" or \"implicit\""
+#define UNUSED        TLS_ONLY " (tls is \"none\", so it would be unused)\n"
+#define CERTS_FORM    "(expected [{\"cert\": FILE, \"key\": FILE}, ...])"
 
 struct bad_case {
     const char *name;
@@ -92,7 +104,7 @@ static const struct bad_case bad_cases[] = {
     {"listener no address", WITH_LISTENERS("[{}]"),
      F "listeners[0]: missing required key \"address\"\n" ONE},
     {"listener unknown key", WITH_LISTENERS("[{'address': '127.0.0.1:1110', 'port': 1}]"),
-     F "listeners[0].port: unknown key (allowed: address)\n" ONE},
+     F "listeners[0].port: unknown key (allowed: " LISTENER_KEYS ")\n" ONE},
     {"address integer", WITH_LISTENERS("[{'address': 110}]"),
      F "listeners[0].address: expected a string, got integer 110\n" ONE},
     {"address empty", WITH_ADDRESS(""), F "listeners[0].address: must not be empty\n" ONE},
@@ -150,7 +162,7 @@ static const struct bad_case bad_cases[] = {
     {"upstream string", WITH_MAIN("'127.0.0.1'"),
      F "upstreams.main: expected an object, got string \"127.0.0.1\"\n" ONE},
     {"upstream misspelt key", WITH_MAIN("{'hots': '127.0.0.1'}"),
-     F "upstreams.main.hots: unknown key (allowed: host, port, tls)\n" F
+     F "upstreams.main.hots: unknown key (allowed: " UPSTREAM_KEYS ")\n" F
        "upstreams.main: missing required key \"host\"\n"
        "popgate: 2 " ERRORS_N},
     {"upstream host empty", WITH_MAIN("{'host': ''}"),
@@ -170,21 +182,103 @@ static const struct bad_case bad_cases[] = {
        "\"implicit\")\n" ONE},
     {"upstream tls boolean", WITH_MAIN("{'host': '127.0.0.1', 'tls': true}"),
      F "upstreams.main.tls: expected a string, got true\n" ONE},
-    {"upstream tls implicit", WITH_MAIN("{'host': '127.0.0.1', 'tls': 'implicit'}"),
-     F "upstreams.main.tls: \"implicit\" is not supported yet (TLS arrives with the TLS issue); "
-       "use \"none\"\n" ONE},
-    {"upstream tls starttls", WITH_MAIN("{'host': '127.0.0.1', 'tls': 'starttls'}"),
-     F "upstreams.main.tls: \"starttls\" is not supported yet (TLS arrives with the TLS issue); "
-       "use \"none\"\n" ONE},
-    {"upstream port 993 implies implicit", WITH_MAIN("{'host': '127.0.0.1', 'port': 993}"),
-     F "upstreams.main.tls: \"implicit\" (the default for port 993) is not supported yet (TLS "
-       "arrives with the TLS issue); use \"none\"\n" ONE},
     {"upstream bad name", WITH_UPSTREAMS("{'my imap': {'host': '127.0.0.1'}}"),
      F "upstreams[\"my imap\"]: invalid upstream name (allowed: 1 to 64 letters, digits, '.', "
        "'-', '_')\n" F "routes[0].upstream: unknown upstream \"main\" (defined: my imap)\n"
        "popgate: 2 " ERRORS_N},
     {"upstream control bytes in key", WITH_MAIN("{'host': '127.0.0.1', 'ho\\nst\\u0001': 1}"),
-     F "upstreams.main[\"ho\\nst\\x01\"]: unknown key (allowed: host, port, tls)\n" ONE},
+     F "upstreams.main[\"ho\\nst\\x01\"]: unknown key (allowed: " UPSTREAM_KEYS ")\n" ONE},
+
+    /* Listener TLS keys. */
+    {"listener tls unknown", WITH_LISTENER("'tls': 'ssl'"),
+     F "listeners[0].tls: unknown value \"ssl\" " TLS_VALUES "\n" ONE},
+    {"listener tls integer", WITH_LISTENER("'tls': 1"),
+     F "listeners[0].tls: expected a string, got integer 1\n" ONE},
+    {"listener implicit without certificate", WITH_LISTENER("'tls': 'implicit'"),
+     F "listeners[0]: tls \"implicit\" needs \"cert\" and \"key\" or \"certificates\"\n" ONE},
+    {"listener starttls without certificate", WITH_LISTENER("'tls': 'starttls'"),
+     F "listeners[0]: tls \"starttls\" needs \"cert\" and \"key\" or \"certificates\"\n" ONE},
+    {"listener cert without key", WITH_LISTENER("'tls': 'implicit', 'cert': 'c.pem'"),
+     F "listeners[0]: \"cert\" needs \"key\" (give both or neither)\n" ONE},
+    {"listener key without cert", WITH_LISTENER("'tls': 'starttls', 'key': 'k.pem'"),
+     F "listeners[0]: \"key\" needs \"cert\" (give both or neither)\n" ONE},
+    {"listener cert empty", WITH_LISTENER("'tls': 'implicit', 'cert': '', 'key': 'k.pem'"),
+     F "listeners[0].cert: must not be empty\n" ONE},
+    {"listener key integer", WITH_LISTENER("'tls': 'implicit', 'cert': 'c.pem', 'key': 5"),
+     F "listeners[0].key: expected a string, got integer 5\n" ONE},
+    {"listener certificates empty", WITH_LISTENER("'tls': 'implicit', 'certificates': []"),
+     F "listeners[0].certificates: must not be empty " CERTS_FORM "\n" ONE},
+    {"listener certificates object",
+     WITH_LISTENER("'tls': 'implicit', 'certificates': {'cert': 'c.pem', 'key': 'k.pem'}"),
+     F "listeners[0].certificates: expected an array, got an object\n" ONE},
+    {"listener certificates entries",
+     WITH_LISTENER("'tls': 'implicit', 'certificates': ['c.pem', {'cert': 'c.pem'}, "
+                   "{'cert': 'c.pem', 'key': 'k.pem', 'chain': 'x.pem'}, {'cert': '', 'key': 1}]"),
+     F "listeners[0].certificates[0]: expected an object {\"cert\": FILE, \"key\": FILE}, got "
+       "string \"c.pem\"\n" F "listeners[0].certificates[1]: missing required key \"key\"\n" F
+       "listeners[0].certificates[2].chain: unknown key (allowed: cert, key)\n" F
+       "listeners[0].certificates[3].cert: must not be empty\n" F
+       "listeners[0].certificates[3].key: expected a string, got integer 1\n"
+       "popgate: 5 " ERRORS_N},
+    {"listener certificates on tls none", WITH_LISTENER("'cert': 'c.pem', 'key': 'k.pem'"),
+     F "listeners[0].cert: " UNUSED F "listeners[0].key: " UNUSED "popgate: 2 " ERRORS_N},
+    {"listener every TLS key on explicit none",
+     WITH_LISTENER("'tls': 'none', 'certificates': [{'cert': 'c.pem', 'key': 'k.pem'}], "
+                   "'min_version': 'TLSv1', 'ciphers': 'HIGH', 'security_level': 0, "
+                   "'plaintext_auth': 'allow'"),
+     F "listeners[0].certificates: " UNUSED F "listeners[0].min_version: " UNUSED F
+       "listeners[0].ciphers: " UNUSED F "listeners[0].security_level: " UNUSED
+       "popgate: 4 " ERRORS_N},
+    {"listener bad tls hides the rest", WITH_LISTENER("'tls': 'TLS', 'cert': 'c.pem'"),
+     F "listeners[0].tls: unknown value \"TLS\" " TLS_VALUES "\n" F
+       "listeners[0]: \"cert\" needs \"key\" (give both or neither)\n"
+       "popgate: 2 " ERRORS_N},
+    {"listener min_version unknown", WITH_LISTENER(TLS_PAIR ", 'min_version': 'TLSv1.4'"),
+     F "listeners[0].min_version: unknown value \"TLSv1.4\" " VERSIONS "\n" ONE},
+    {"listener min_version SSLv3", WITH_LISTENER(TLS_PAIR ", 'min_version': 'SSLv3'"),
+     F "listeners[0].min_version: unknown value \"SSLv3\" " VERSIONS "\n" ONE},
+    {"listener min_version number", WITH_LISTENER(TLS_PAIR ", 'min_version': 1.2"),
+     F "listeners[0].min_version: expected a string, got real 1.2\n" ONE},
+    {"listener security_level 6", WITH_LISTENER(TLS_PAIR ", 'security_level': 6"),
+     F "listeners[0].security_level: must be between 0 and 5, got 6\n" ONE},
+    {"listener security_level -1", WITH_LISTENER(TLS_PAIR ", 'security_level': -1"),
+     F "listeners[0].security_level: must be between 0 and 5, got -1\n" ONE},
+    {"listener security_level string", WITH_LISTENER(TLS_PAIR ", 'security_level': '0'"),
+     F "listeners[0].security_level: expected an integer, got string \"0\"\n" ONE},
+    {"listener ciphers empty", WITH_LISTENER(TLS_PAIR ", 'ciphers': ''"),
+     F "listeners[0].ciphers: must not be empty\n" ONE},
+    {"listener ciphers array", WITH_LISTENER(TLS_PAIR ", 'ciphers': ['HIGH']"),
+     F "listeners[0].ciphers: expected a string, got an array\n" ONE},
+    {"listener plaintext_auth unknown", WITH_LISTENER("'plaintext_auth': 'never'"),
+     F "listeners[0].plaintext_auth: unknown value \"never\" (allowed: \"deny\", \"allow\", "
+       "\"loopback\")\n" ONE},
+    {"listener plaintext_auth boolean", WITH_LISTENER("'plaintext_auth': false"),
+     F "listeners[0].plaintext_auth: expected a string, got false\n" ONE},
+
+    /* Upstream TLS keys. */
+    {"upstream verify string",
+     WITH_MAIN("{'host': '127.0.0.1', 'tls': 'implicit', 'verify': 'no'}"),
+     F "upstreams.main.verify: expected true or false, got string \"no\"\n" ONE},
+    {"upstream ca_file empty", WITH_MAIN("{'host': '127.0.0.1', 'tls': 'implicit', 'ca_file': ''}"),
+     F "upstreams.main.ca_file: must not be empty\n" ONE},
+    {"upstream verify_name integer",
+     WITH_MAIN("{'host': '127.0.0.1', 'tls': 'starttls', 'verify_name': 1}"),
+     F "upstreams.main.verify_name: expected a string, got integer 1\n" ONE},
+    {"upstream min_version unknown",
+     WITH_MAIN("{'host': '127.0.0.1', 'tls': 'starttls', 'min_version': 'tls1.2'}"),
+     F "upstreams.main.min_version: unknown value \"tls1.2\" " VERSIONS "\n" ONE},
+    {"upstream ca_file with tls none",
+     WITH_MAIN("{'host': '127.0.0.1', 'tls': 'none', 'ca_file': 'ca.pem'}"),
+     F "upstreams.main.ca_file: " TLS_ONLY "\n" ONE},
+    {"upstream TLS keys with the default tls",
+     WITH_MAIN("{'host': '127.0.0.1', 'verify': false, 'ca_file': 'ca.pem', 'verify_name': 'x', "
+               "'min_version': 'TLSv1.3'}"),
+     F "upstreams.main.verify: " TLS_ONLY "\n" F "upstreams.main.ca_file: " TLS_ONLY "\n" F
+       "upstreams.main.verify_name: " TLS_ONLY "\n" F "upstreams.main.min_version: " TLS_ONLY "\n"
+       "popgate: 4 " ERRORS_N},
+    {"upstream bad tls hides the rest",
+     WITH_MAIN("{'host': '127.0.0.1', 'tls': 'yes', 'ca_file': 'ca.pem'}"),
+     F "upstreams.main.tls: unknown value \"yes\" " TLS_VALUES "\n" ONE},
 
     /* Routes. */
     {"routes object", WITH_ROUTES("{}"), F "routes: expected an array, got an object\n" ONE},
@@ -287,7 +381,7 @@ static const struct bad_case bad_cases[] = {
      F "missing required key \"state\"\n" F "listeners[0].address: \"1.2.3.4\": missing port " FORMS
        "\n" F
        "listeners[2].address: duplicate address \"[::1]:110\" (the first is listeners[1])\n" F
-       "upstreams.imap1.hots: unknown key (allowed: host, port, tls)\n" F
+       "upstreams.imap1.hots: unknown key (allowed: " UPSTREAM_KEYS ")\n" F
        "upstreams.imap1.port: must be between 1 and 65535, got 0\n" F
        "routes[1]: a second default route (the first is routes[0])\n" F
        "routes[1].upstream: unknown upstream \"imap2\" (defined: imap1)\n" F
@@ -377,6 +471,14 @@ START_TEST(test_defaults)
     ck_assert_int_eq(sin->sin_family, AF_INET);
     ck_assert_uint_eq(ntohs(sin->sin_port), 1110);
     ck_assert_uint_eq(ntohl(sin->sin_addr.s_addr), INADDR_LOOPBACK);
+    ck_assert_int_eq(l->tls, CONFIG_TLS_NONE);
+    ck_assert_ptr_null(l->certs);
+    ck_assert_uint_eq(l->ncerts, 0);
+    ck_assert_int_eq(l->min_version, TLS1_2_VERSION);
+    ck_assert_ptr_null(l->ciphers);
+    ck_assert_int_eq(l->security_level, -1);
+    ck_assert_int_eq(l->plaintext_auth, CONFIG_PLAINTEXT_LOOPBACK);
+    ck_assert_ptr_null(l->tls_ctx);
 
     ck_assert_uint_eq(cfg->nupstreams, 1);
     const struct config_upstream *u = &cfg->upstreams[0];
@@ -384,6 +486,11 @@ START_TEST(test_defaults)
     ck_assert_str_eq(u->host, "127.0.0.1");
     ck_assert_uint_eq(u->port, 143);
     ck_assert_int_eq(u->tls, CONFIG_TLS_NONE);
+    ck_assert(u->verify);
+    ck_assert_ptr_null(u->ca_file);
+    ck_assert_ptr_null(u->verify_name);
+    ck_assert_int_eq(u->min_version, TLS1_2_VERSION);
+    ck_assert_ptr_null(u->tls_ctx);
     ck_assert_uint_eq(u->naddrs, 1);
     ck_assert_uint_eq(u->addr_lens[0], sizeof(struct sockaddr_in));
     const struct sockaddr_in *usin = (const struct sockaddr_in *)&u->addrs[0];
@@ -535,6 +642,223 @@ START_TEST(test_upstream_names)
 }
 END_TEST
 
+/*
+ * Certificates for the TLS cases, made in the test folder with the openssl CLI: server.pem
+ * (CN localhost) and other.pem, self-signed, so either also serves as a CA file; wrong.key
+ * belongs to neither.
+ */
+static const char GENERATE[] =
+    "set -e\n"
+    "export OPENSSL_CONF=/dev/null\n"
+    "for n in server other; do\n"
+    "  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $n.key "
+    "-out $n.pem -days 2 -subj /CN=$n\n"
+    "done\n"
+    "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out wrong.key\n";
+static const char *const GENERATED[] = {"server.key", "server.pem", "other.key", "other.pem",
+                                        "wrong.key",  "gen.log",    NULL};
+
+START_TEST(test_upstream_tls_modes)
+{
+    static const struct {
+        const char *json;
+        enum config_tls tls;
+        uint16_t port;
+    } cases[] = {
+        {"{'host': '127.0.0.1', 'tls': 'implicit'}", CONFIG_TLS_IMPLICIT, 993},
+        {"{'host': '127.0.0.1', 'tls': 'starttls'}", CONFIG_TLS_STARTTLS, 143},
+        {"{'host': '127.0.0.1', 'port': 993}", CONFIG_TLS_IMPLICIT, 993},
+        {"{'host': '127.0.0.1', 'port': 10993, 'tls': 'implicit'}", CONFIG_TLS_IMPLICIT, 10993},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char json[512];
+        snprintf(json, sizeof(json), WITH_MAIN("%s"), cases[i].json);
+        char *errors = NULL;
+        struct config *cfg = load_text(json, &errors);
+        ck_assert_msg(cfg != NULL, "case %zu: %s", i, errors);
+        const struct config_upstream *u = &cfg->upstreams[0];
+        ck_assert_int_eq(u->tls, cases[i].tls);
+        ck_assert_uint_eq(u->port, cases[i].port);
+        ck_assert(u->verify);
+        ck_assert_ptr_null(u->ca_file);
+        /* The name to verify is the host unless given. */
+        ck_assert_str_eq(u->verify_name, "127.0.0.1");
+        ck_assert_int_eq(u->min_version, TLS1_2_VERSION);
+        ck_assert_ptr_nonnull(u->tls_ctx);
+        ck_assert_int_eq(SSL_CTX_get_verify_mode(u->tls_ctx), SSL_VERIFY_PEER);
+        config_free(&cfg);
+    }
+}
+END_TEST
+
+START_TEST(test_tls_config)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(
+        "{\n"
+        "  'listeners': [\n"
+        "    {'address': '127.0.0.1:1995', 'tls': 'implicit', 'cert': 'server.pem',\n"
+        "     'key': 'server.key', 'plaintext_auth': 'deny'},\n"
+        "    {'address': '127.0.0.1:1110', 'tls': 'starttls', 'cert': 'server.pem',\n"
+        "     'key': 'server.key', 'certificates': [{'cert': 'other.pem', 'key': 'other.key'}],\n"
+        "     'min_version': 'TLSv1.3', 'plaintext_auth': 'allow'},\n"
+        "    {'address': '127.0.0.1:2995', 'tls': 'implicit',\n"
+        "     'certificates': [{'cert': 'other.pem', 'key': 'other.key'},\n"
+        "                      {'cert': 'server.pem', 'key': 'server.key'}],\n"
+        "     'min_version': 'TLSv1', 'ciphers': 'HIGH:!aNULL'},\n"
+        "    {'address': '127.0.0.1:3995', 'tls': 'implicit', 'cert': 'server.pem',\n"
+        "     'key': 'server.key', 'min_version': 'TLSv1.1', 'security_level': 1},\n"
+        "    {'address': '127.0.0.1:2110', 'plaintext_auth': 'loopback'}\n"
+        "  ],\n"
+        "  'upstreams': {\n"
+        "    'imaps': {'host': '127.0.0.1', 'port': 993, 'ca_file': 'server.pem',\n"
+        "              'verify_name': 'imap.example'},\n"
+        "    'sub': {'host': 'localhost', 'tls': 'starttls', 'min_version': 'TLSv1.3'},\n"
+        "    'lax': {'host': '127.0.0.1', 'tls': 'implicit', 'verify': false,\n"
+        "            'min_version': 'TLSv1'},\n"
+        "    'plain': {'host': '127.0.0.1', 'tls': 'none'}\n"
+        "  },\n"
+        "  'routes': [{'default': true, 'upstream': 'imaps'}],\n"
+        "  'state': {'dir': 'state'}\n"
+        "}\n",
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_uint_eq(cfg->nlisteners, 5);
+
+    const struct config_listener *l = &cfg->listeners[0];
+    ck_assert_int_eq(l->tls, CONFIG_TLS_IMPLICIT);
+    ck_assert_uint_eq(l->ncerts, 1);
+    ck_assert_str_eq(l->certs[0].cert, "server.pem");
+    ck_assert_str_eq(l->certs[0].key, "server.key");
+    ck_assert_int_eq(l->plaintext_auth, CONFIG_PLAINTEXT_DENY);
+    ck_assert_ptr_nonnull(l->tls_ctx);
+    ck_assert_int_eq(SSL_CTX_get_min_proto_version(l->tls_ctx), TLS1_2_VERSION);
+
+    /* cert and key first, then certificates in order. */
+    l = &cfg->listeners[1];
+    ck_assert_int_eq(l->tls, CONFIG_TLS_STARTTLS);
+    ck_assert_uint_eq(l->ncerts, 2);
+    ck_assert_str_eq(l->certs[0].cert, "server.pem");
+    ck_assert_str_eq(l->certs[1].cert, "other.pem");
+    ck_assert_str_eq(l->certs[1].key, "other.key");
+    ck_assert_int_eq(l->min_version, TLS1_3_VERSION);
+    ck_assert_int_eq(l->plaintext_auth, CONFIG_PLAINTEXT_ALLOW);
+    ck_assert_int_eq(SSL_CTX_get_min_proto_version(l->tls_ctx), TLS1_3_VERSION);
+
+    /* A legacy listener: TLS 1.0 and the level that lets it through. */
+    l = &cfg->listeners[2];
+    ck_assert_uint_eq(l->ncerts, 2);
+    ck_assert_str_eq(l->certs[0].cert, "other.pem");
+    ck_assert_str_eq(l->certs[1].cert, "server.pem");
+    ck_assert_int_eq(l->min_version, TLS1_VERSION);
+    ck_assert_str_eq(l->ciphers, "HIGH:!aNULL");
+    ck_assert_int_eq(l->security_level, -1);
+    ck_assert_int_eq(l->plaintext_auth, CONFIG_PLAINTEXT_LOOPBACK);
+    ck_assert_int_eq(SSL_CTX_get_min_proto_version(l->tls_ctx), TLS1_VERSION);
+    ck_assert_int_eq(SSL_CTX_get_security_level(l->tls_ctx), 0);
+
+    l = &cfg->listeners[3];
+    ck_assert_int_eq(l->min_version, TLS1_1_VERSION);
+    ck_assert_int_eq(l->security_level, 1);
+    ck_assert_int_eq(SSL_CTX_get_security_level(l->tls_ctx), 1);
+
+    l = &cfg->listeners[4];
+    ck_assert_int_eq(l->tls, CONFIG_TLS_NONE);
+    ck_assert_ptr_null(l->tls_ctx);
+
+    const struct config_upstream *u = config_upstream_find(cfg, "imaps");
+    ck_assert_int_eq(u->tls, CONFIG_TLS_IMPLICIT);
+    ck_assert(u->verify);
+    ck_assert_str_eq(u->ca_file, "server.pem");
+    ck_assert_str_eq(u->verify_name, "imap.example");
+    ck_assert_ptr_nonnull(u->tls_ctx);
+    ck_assert_int_eq(SSL_CTX_get_verify_mode(u->tls_ctx), SSL_VERIFY_PEER);
+
+    u = config_upstream_find(cfg, "sub");
+    ck_assert_int_eq(u->tls, CONFIG_TLS_STARTTLS);
+    ck_assert_uint_eq(u->port, 143);
+    ck_assert_str_eq(u->verify_name, "localhost");
+    ck_assert_int_eq(u->min_version, TLS1_3_VERSION);
+    ck_assert_int_eq(SSL_CTX_get_min_proto_version(u->tls_ctx), TLS1_3_VERSION);
+
+    u = config_upstream_find(cfg, "lax");
+    ck_assert(!u->verify);
+    ck_assert_int_eq(SSL_CTX_get_verify_mode(u->tls_ctx), SSL_VERIFY_NONE);
+    ck_assert_int_eq(SSL_CTX_get_min_proto_version(u->tls_ctx), TLS1_VERSION);
+
+    u = config_upstream_find(cfg, "plain");
+    ck_assert_int_eq(u->tls, CONFIG_TLS_NONE);
+    ck_assert_ptr_null(u->verify_name);
+    ck_assert_ptr_null(u->tls_ctx);
+
+    /* The contexts go with the config (ASan finds any that stay). */
+    config_free(&cfg);
+}
+END_TEST
+
+/* Every context that cannot be built is one error at the key naming what failed. */
+START_TEST(test_tls_load_errors)
+{
+    char *errors = NULL;
+    ck_assert_ptr_null(load_text(
+        "{'listeners': [\n"
+        "  {'address': '127.0.0.1:1', 'tls': 'implicit', 'cert': 'server.pem', 'key': "
+        "'wrong.key'},\n"
+        "  {'address': '127.0.0.1:2', 'tls': 'starttls', 'cert': '/nonexistent/x.pem',\n"
+        "   'key': 'server.key'},\n"
+        "  {'address': '127.0.0.1:3', 'tls': 'implicit', 'cert': 'server.pem', 'key': "
+        "'server.key',\n"
+        "   'certificates': [{'cert': 'other.pem', 'key': 'other.key'},\n"
+        "                    {'cert': 'other.pem', 'key': 'missing.key'}]},\n"
+        "  {'address': '127.0.0.1:4', 'tls': 'implicit', 'ciphers': 'FOO',\n"
+        "   'certificates': [{'cert': 'server.pem', 'key': 'server.key'}]},\n"
+        "  {'address': '127.0.0.1:5', 'tls': 'implicit',\n"
+        "   'certificates': [{'cert': 'server.key', 'key': 'server.key'}]},\n"
+        "  {'address': '127.0.0.1:6', 'tls': 'implicit', 'cert': 'server.pem', 'key': "
+        "'server.key',\n"
+        "   'security_level': 4},\n"
+        "  {'address': '127.0.0.1:7', 'tls': 'implicit', 'cert': 'server.pem', 'key': "
+        "'server.key'}\n"
+        "], 'upstreams': {\n"
+        "  'main': {'host': '127.0.0.1', 'tls': 'implicit', 'ca_file': 'missing-ca.pem'},\n"
+        "  'other': {'host': '127.0.0.1', 'tls': 'starttls', 'ca_file': 'server.key'},\n"
+        "  'fine': {'host': '127.0.0.1', 'tls': 'starttls', 'ca_file': 'other.pem'}\n"
+        "}, " ROUTES ", " STATE "}",
+        &errors));
+    ck_assert_str_eq(
+        errors,
+        F "listeners[0].key: key \"wrong.key\" does not match certificate \"server.pem\"\n" F
+          "listeners[1].cert: cannot load certificate \"/nonexistent/x.pem\": No such file or "
+          "directory\n" F
+          "listeners[2].certificates[1].key: cannot load key \"missing.key\": No such file or "
+          "directory\n" F "listeners[3].ciphers: invalid ciphers \"FOO\": no cipher match\n" F
+          "listeners[4].certificates[0].cert: cannot load certificate \"server.key\": no PEM "
+          "certificate found (no start line)\n" F
+          "listeners[5].cert: cannot load certificate \"server.pem\": ee key too small\n" F
+          "upstreams.main.ca_file: cannot load CA file \"missing-ca.pem\": No such file or "
+          "directory\n" F
+          "upstreams.other.ca_file: cannot load CA file \"server.key\": no certificate or crl "
+          "found\n"
+          "popgate: 8 " ERRORS_N);
+    free(errors);
+}
+END_TEST
+
+/* Files are only opened once the config is well formed: one cause, one message. */
+START_TEST(test_tls_files_after_structure)
+{
+    char *errors = NULL;
+    ck_assert_ptr_null(load_text(
+        "{'listeners': [{'address': '127.0.0.1:1', 'tls': 'implicit', 'cert': 'missing.pem', "
+        "'key': 'missing.key'}], " UPSTREAMS ", " ROUTES ", " STATE
+        ", 'limits': {'idle_timeout': 5}}",
+        &errors));
+    ck_assert_str_eq(errors,
+                     F "limits.idle_timeout: must be between 600 and 86400 seconds, got 5\n" ONE);
+    free(errors);
+}
+END_TEST
+
 /* Every line of an error text is one error plus the count line, whatever the input. */
 START_TEST(test_error_lines_are_counted)
 {
@@ -572,6 +896,12 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_localhost_resolves);
     tcase_add_test(tc, test_upstream_names);
     suite_add_tcase(s, tc);
+    tc = tcase_create("tls");
+    tcase_add_test(tc, test_upstream_tls_modes);
+    tcase_add_test(tc, test_tls_config);
+    tcase_add_test(tc, test_tls_load_errors);
+    tcase_add_test(tc, test_tls_files_after_structure);
+    suite_add_tcase(s, tc);
     return s;
 }
 
@@ -581,11 +911,18 @@ int main(void)
         perror(test_dir);
         return EXIT_FAILURE;
     }
+    FILE *sh = popen("sh > gen.log 2>&1", "w");
+    if (sh == NULL || fputs(GENERATE, sh) < 0 || pclose(sh) != 0) {
+        fprintf(stderr, "generating certificates with openssl failed; see %s/gen.log\n", test_dir);
+        return EXIT_FAILURE;
+    }
     SRunner *sr = srunner_create(config_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     unlink("popgate.json");
+    for (size_t i = 0; GENERATED[i] != NULL; i++)
+        unlink(GENERATED[i]);
     if (chdir("/") != 0 || rmdir(test_dir) != 0)
         perror(test_dir);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
