@@ -69,6 +69,14 @@ int main(int argc, char **argv)
         free(errors);
         return 1;
     }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct config_upstream *u = &cfg->upstreams[i];
+        if (u->tls != CONFIG_TLS_NONE && !u->verify)
+            log_line(LOG_WARN,
+                     "event=tls_verify_off upstream=%s reason=\"certificates of %s are not "
+                     "verified: anyone on the path can read passwords\"",
+                     u->name, u->host);
+    }
     if (test_only) {
         printf("configuration OK\n");
         config_free(&cfg);
