@@ -22,7 +22,7 @@ void buffer_clear(struct buffer *b)
     if (b->data != NULL) {
         /* Client input may have held a PASS line; do not leave it in the heap. */
         if (b->secret)
-            memset(b->data, 0, b->cap);
+            explicit_bzero(b->data, b->cap);
         free(b->data);
     }
     b->data = NULL;

@@ -4,16 +4,21 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/tls1.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "route.h"
 #include "tls.h"
+#include "user_map.h"
 
 #define CONFIG_DEFAULT_CONNECT_TIMEOUT  10
 #define CONFIG_DEFAULT_COMMAND_TIMEOUT  60
@@ -21,6 +26,11 @@
 #define CONFIG_DEFAULT_IDLE_TIMEOUT     600 /* RFC 1939 section 3: at least 10 minutes */
 #define CONFIG_DEFAULT_MAX_BAD_COMMANDS 10
 #define CONFIG_DEFAULT_OUTPUT_BUFFER    65536
+#define CONFIG_DEFAULT_SHUTDOWN_TIMEOUT 30
+#define CONFIG_SHUTDOWN_TIMEOUT_MAX     3600
+#define CONFIG_WORKERS_MAX              256
+/* getpwnam_r/getgrnam_r buffers grow up to this (a group with many members needs room). */
+#define CONFIG_PWBUF_MAX (1024 * 1024)
 
 #define CONFIG_IMAP_PORT  143
 #define CONFIG_IMAPS_PORT 993
@@ -53,8 +63,14 @@ static const char *const PLAINTEXT_NAMES[] = {"deny", "allow", "loopback", NULL}
 static const int PLAINTEXT_VALUES[] = {CONFIG_PLAINTEXT_DENY, CONFIG_PLAINTEXT_ALLOW,
                                        CONFIG_PLAINTEXT_LOOPBACK};
 
-static const char ROUTE_FORMS[] =
-    "a route is {\"user\": NAME, \"upstream\": NAME} or {\"default\": true, \"upstream\": NAME}";
+static const char *const LOG_NAMES[] = {"stderr", "syslog", NULL};
+static const int LOG_VALUES[] = {CONFIG_LOG_STDERR, CONFIG_LOG_SYSLOG};
+
+static const char ROUTE_ONE_OF[] =
+    "a route has exactly one of \"user\", \"domain\", \"match\" and \"default\"";
+static const char TEMPLATE_ALLOWED[] = "(allowed: %u, %n, %d, %%)";
+static const char CIDR_FORMS[] = "expected \"ADDRESS\" or \"ADDRESS/PREFIX\", as in "
+                                 "\"192.0.2.0/24\" or \"2001:db8::/32\"";
 
 /* Error lines collected in one growable text. */
 struct errors {
@@ -649,11 +665,135 @@ static void load_certificates(struct loader *ld, json_t *item, struct config_lis
     path_pop(ld, mark);
 }
 
+/* Parses "ADDRESS" or "ADDRESS/PREFIX" into *b. Reports at the current path and returns
+ * false on a bad form, a prefix out of range, or host bits beyond the prefix. */
+static bool parse_cidr(struct loader *ld, const char *text, struct config_cidr *b)
+{
+    const char *shown = quote(ld, text);
+    const char *slash = strchr(text, '/');
+    size_t addr_len = slash != NULL ? (size_t)(slash - text) : strlen(text);
+    char addr_buf[INET6_ADDRSTRLEN];
+    b->family = memchr(text, ':', addr_len) != NULL ? AF_INET6 : AF_INET;
+    unsigned max = b->family == AF_INET ? 32 : 128;
+    memset(b->addr, 0, sizeof(b->addr));
+    bool ok = addr_len < sizeof(addr_buf);
+    if (ok) {
+        memcpy(addr_buf, text, addr_len);
+        addr_buf[addr_len] = '\0';
+        ok = inet_pton(b->family, addr_buf, b->addr) == 1;
+    }
+    if (!ok) {
+        err(ld, "%s: not a numeric IPv4 or IPv6 address (%s)", shown, CIDR_FORMS);
+        return false;
+    }
+    b->prefix = max;
+    if (slash != NULL) {
+        const char *p = slash + 1;
+        if (*p == '\0') {
+            err(ld, "%s: missing prefix length after \"/\" (%s)", shown, CIDR_FORMS);
+            return false;
+        }
+        unsigned n = 0;
+        for (const char *q = p; *q != '\0'; q++) {
+            if (*q < '0' || *q > '9') {
+                err(ld, "%s: prefix length %s is not a number (%s)", shown, quote(ld, p),
+                    CIDR_FORMS);
+                return false;
+            }
+            if (n <= 1000)
+                n = n * 10 + (unsigned)(*q - '0');
+        }
+        if (n > max) {
+            err(ld, "%s: prefix length must be between 0 and %u for %s, got %.12s%s", shown, max,
+                b->family == AF_INET ? "IPv4" : "IPv6", p, strlen(p) > 12 ? "..." : "");
+            return false;
+        }
+        b->prefix = n;
+    }
+    /* Host bits are refused rather than masked: "10.1.2.3/8" may mean one host or a whole
+     * network, and a trust list is no place to guess which. */
+    unsigned char masked[16];
+    memcpy(masked, b->addr, sizeof(masked));
+    for (unsigned bit = b->prefix; bit < max; bit++)
+        masked[bit / 8] &= (unsigned char)~(0x80u >> (bit % 8));
+    if (memcmp(masked, b->addr, sizeof(masked)) != 0) {
+        char net[INET6_ADDRSTRLEN];
+        inet_ntop(b->family, masked, net, sizeof(net));
+        err(ld, "%s: has bits set after the /%u prefix (did you mean \"%s/%u\"?)", shown, b->prefix,
+            net, b->prefix);
+        return false;
+    }
+    return true;
+}
+
+/* Reads "trusted_proxies": ["CIDR", ...] into l. */
+static void load_trusted_proxies(struct loader *ld, json_t *arr, struct config_listener *l)
+{
+    size_t mark = path_push_key(ld, "trusted_proxies");
+    if (!expect(ld, arr, JSON_ARRAY))
+        goto out;
+    size_t n = json_array_size(arr);
+    if (n == 0)
+        goto out;
+    l->trusted_proxies = calloc(n, sizeof(*l->trusted_proxies));
+    if (l->trusted_proxies == NULL) {
+        err_oom(ld);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        size_t imark = path_push_index(ld, i);
+        if (expect(ld, v, JSON_STRING)) {
+            if (json_string_length(v) == 0)
+                err(ld, "must not be empty (%s)", CIDR_FORMS);
+            else if (parse_cidr(ld, json_string_value(v), &l->trusted_proxies[l->ntrusted_proxies]))
+                l->ntrusted_proxies++;
+        }
+        path_pop(ld, imark);
+    }
+out:
+    path_pop(ld, mark);
+}
+
+/* "proxy_protocol" and "trusted_proxies" go together: one without the other is a mistake
+ * that would either refuse every client or trust nobody's header silently. */
+static void load_proxy_protocol(struct loader *ld, json_t *item, struct config_listener *l)
+{
+    bool pp_ok = get_bool(ld, item, "proxy_protocol", &l->proxy_protocol);
+    json_t *tp = json_object_get(item, "trusted_proxies");
+    if (tp != NULL)
+        load_trusted_proxies(ld, tp, l);
+    if (!pp_ok)
+        return;
+    if (l->proxy_protocol && tp == NULL) {
+        err(ld, "\"proxy_protocol\": true needs \"trusted_proxies\" (the addresses of the load "
+                "balancers that may send PROXY headers, as in [\"192.0.2.0/24\"])");
+    } else if (l->proxy_protocol && json_is_array(tp) && json_array_size(tp) == 0) {
+        size_t mark = path_push_key(ld, "trusted_proxies");
+        err(ld, "must not be empty with \"proxy_protocol\": true (expected the load balancers' "
+                "addresses, as in [\"192.0.2.0/24\"])");
+        path_pop(ld, mark);
+    } else if (!l->proxy_protocol && tp != NULL) {
+        size_t mark = path_push_key(ld, "trusted_proxies");
+        err(ld, "only used with \"proxy_protocol\": true (so it would be unused)");
+        path_pop(ld, mark);
+    }
+}
+
 static void load_listener(struct loader *ld, json_t *item, size_t index)
 {
-    static const char *const keys[] = {"address",        "tls",         "cert",    "key",
-                                       "certificates",   "min_version", "ciphers", "security_level",
-                                       "plaintext_auth", NULL};
+    static const char *const keys[] = {"address",
+                                       "tls",
+                                       "cert",
+                                       "key",
+                                       "certificates",
+                                       "min_version",
+                                       "ciphers",
+                                       "security_level",
+                                       "plaintext_auth",
+                                       "proxy_protocol",
+                                       "trusted_proxies",
+                                       NULL};
     /* Keys that set up TLS, which a plaintext listener would silently ignore. */
     static const char *const tls_keys[] = {
         "cert", "key", "certificates", "min_version", "ciphers", "security_level", NULL};
@@ -694,6 +834,7 @@ static void load_listener(struct loader *ld, json_t *item, size_t index)
     int plaintext = (int)l->plaintext_auth;
     get_enum(ld, item, "plaintext_auth", PLAINTEXT_NAMES, PLAINTEXT_VALUES, &plaintext);
     l->plaintext_auth = (enum config_plaintext_auth)plaintext;
+    load_proxy_protocol(ld, item, l);
 
     if (!tls_ok)
         return;
@@ -795,8 +936,9 @@ static void resolve_upstream(struct loader *ld, struct config_upstream *u)
 
 static void load_upstream(struct loader *ld, json_t *obj, struct config_upstream *u)
 {
-    static const char *const keys[] = {"host",    "port",        "tls",         "verify",
-                                       "ca_file", "verify_name", "min_version", NULL};
+    static const char *const keys[] = {"host",        "port",           "tls",
+                                       "verify",      "ca_file",        "verify_name",
+                                       "min_version", "send_client_ip", NULL};
     static const char *const tls_keys[] = {"verify", "ca_file", "verify_name", "min_version", NULL};
     u->verify = true;
     u->min_version = CONFIG_DEFAULT_MIN_VERSION;
@@ -822,6 +964,7 @@ static void load_upstream(struct loader *ld, json_t *obj, struct config_upstream
     get_opt_string(ld, obj, "ca_file", &u->ca_file);
     get_opt_string(ld, obj, "verify_name", &u->verify_name);
     get_enum(ld, obj, "min_version", VERSION_NAMES, VERSION_VALUES, &u->min_version);
+    get_bool(ld, obj, "send_client_ip", &u->send_client_ip);
     if (tls_ok && u->tls == CONFIG_TLS_NONE)
         check_tls_only(ld, obj, tls_keys, "");
     /* Callers check one name, whichever way it was set. */
@@ -885,23 +1028,153 @@ static void defined_upstreams(const struct config *cfg, char *out, size_t room)
         snprintf(out + used, room - used, " and %zu more", cfg->nupstreams - CONFIG_DEFINED_SHOWN);
 }
 
+/* Checks a "login" template: only %u, %n, %d and %% may follow a "%". */
+static void check_template(struct loader *ld, const char *tmpl)
+{
+    for (const char *t = tmpl; *t != '\0'; t++) {
+        if (*t != '%')
+            continue;
+        t++;
+        if (*t == 'u' || *t == 'n' || *t == 'd' || *t == '%')
+            continue;
+        if (*t == '\0') {
+            err(ld, "%s ends in a lone \"%%\" %s", quote(ld, tmpl), TEMPLATE_ALLOWED);
+            return;
+        }
+        /* Show the placeholder with its whole UTF-8 character. */
+        char ph[8];
+        size_t n = 0;
+        ph[n++] = '%';
+        ph[n++] = *t;
+        if ((unsigned char)*t >= 0xc0)
+            for (const char *q = t + 1; n < 6 && ((unsigned char)*q & 0xc0) == 0x80; q++)
+                ph[n++] = *q;
+        ph[n] = '\0';
+        err(ld, "unknown placeholder %s in %s %s", quote(ld, ph), quote(ld, tmpl),
+            TEMPLATE_ALLOWED);
+        return;
+    }
+    if (strlen(tmpl) > ROUTE_LOGIN_MAX)
+        err(ld, "must be at most %d bytes, got %zu", ROUTE_LOGIN_MAX, strlen(tmpl));
+}
+
+/* The selectors of a route that name users. */
+enum route_selector {
+    SELECT_USER,
+    SELECT_DOMAIN,
+    SELECT_MATCH,
+};
+
+static char **route_selector_field(struct config_route *r, enum route_selector sel)
+{
+    switch (sel) {
+    case SELECT_USER:
+        return &r->user;
+    case SELECT_DOMAIN:
+        return &r->domain;
+    case SELECT_MATCH:
+        break;
+    }
+    return &r->match;
+}
+
+/* ASCII case ignored, as routing compares names (route.c): a locale never changes it. */
+static bool equal_nocase(const char *a, const char *b)
+{
+    for (;; a++, b++) {
+        unsigned char x = (unsigned char)*a, y = (unsigned char)*b;
+        if (x >= 'A' && x <= 'Z')
+            x = (unsigned char)(x + ('a' - 'A'));
+        if (y >= 'A' && y <= 'Z')
+            y = (unsigned char)(y + ('a' - 'A'));
+        if (x != y)
+            return false;
+        if (x == '\0')
+            return true;
+    }
+}
+
+/* Reads the selector at obj[key] (a non-empty string) into the route, and reports a second
+ * user or domain route for the same name (ASCII case ignored, as routing compares them). */
+static void load_route_name(struct loader *ld, json_t *obj, const char *key, size_t index,
+                            enum route_selector sel)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL)
+        return;
+    size_t mark = path_push_key(ld, key);
+    if (!expect(ld, v, JSON_STRING))
+        goto out;
+    const char *name = json_string_value(v);
+    if (name[0] == '\0') {
+        err(ld, "must not be empty");
+        goto out;
+    }
+    if (sel == SELECT_DOMAIN) {
+        if (strchr(name, '@') != NULL) {
+            err(ld,
+                "%s must not contain \"@\" (the domain is what follows the last \"@\" of a user "
+                "name, as in \"example.com\")",
+                quote(ld, name));
+            goto out;
+        }
+        if (strpbrk(name, "*?") != NULL) {
+            err(ld,
+                "%s must not contain \"*\" or \"?\" (for a pattern use \"match\", as in "
+                "{\"match\": \"*@*.example.com\"})",
+                quote(ld, name));
+            goto out;
+        }
+    }
+    char **field = route_selector_field(&ld->cfg->routes[index], sel);
+    if ((*field = dup_or_oom(ld, name)) == NULL || sel == SELECT_MATCH)
+        goto out;
+    for (size_t j = 0; j < index; j++) {
+        const char *other = *route_selector_field(&ld->cfg->routes[j], sel);
+        if (other != NULL && equal_nocase(other, name)) {
+            err(ld, "a second route for %s (the first is routes[%zu])", quote(ld, name), j);
+            break;
+        }
+    }
+out:
+    path_pop(ld, mark);
+}
+
 static void load_route(struct loader *ld, json_t *obj, size_t index, bool upstreams_known,
                        size_t *first_default)
 {
-    static const char *const keys[] = {"default", "user", "upstream", NULL};
+    static const char *const keys[] = {"user",     "domain", "match",     "default",
+                                       "upstream", "login",  "lowercase", NULL};
+    static const char *const selectors[] = {"user", "domain", "match", "default"};
     struct config *cfg = ld->cfg;
     struct config_route *r = &cfg->routes[index];
     if (!expect(ld, obj, JSON_OBJECT))
         return;
     check_keys(ld, obj, keys);
 
-    json_t *def = json_object_get(obj, "default");
-    json_t *user = json_object_get(obj, "user");
-    if (def != NULL && user != NULL)
-        err(ld, "has both \"default\" and \"user\" (%s)", ROUTE_FORMS);
-    else if (def == NULL && user == NULL)
-        err(ld, "needs \"user\" or \"default\" (%s)", ROUTE_FORMS);
+    const char *present[4];
+    size_t npresent = 0;
+    for (size_t i = 0; i < 4; i++)
+        if (json_object_get(obj, selectors[i]) != NULL)
+            present[npresent++] = selectors[i];
+    if (npresent == 0) {
+        err(ld, "needs one of \"user\", \"domain\", \"match\" or \"default\" (as in {\"domain\": "
+                "\"example.com\", \"upstream\": NAME})");
+    } else if (npresent == 2) {
+        err(ld, "has both \"%s\" and \"%s\" (%s)", present[0], present[1], ROUTE_ONE_OF);
+    } else if (npresent > 2) {
+        char list[128] = "";
+        size_t used = 0;
+        for (size_t i = 0; i < npresent; i++) {
+            const char *sep = i == 0 ? "" : i + 1 < npresent ? ", " : " and ";
+            int n = snprintf(list + used, sizeof(list) - used, "%s\"%s\"", sep, present[i]);
+            if (n > 0 && (size_t)n < sizeof(list) - used)
+                used += (size_t)n;
+        }
+        err(ld, "has %s (%s)", list, ROUTE_ONE_OF);
+    }
 
+    json_t *def = json_object_get(obj, "default");
     if (def != NULL) {
         size_t mark = path_push_key(ld, "default");
         if (json_is_true(def))
@@ -918,25 +1191,16 @@ static void load_route(struct loader *ld, json_t *obj, size_t index, bool upstre
         else
             *first_default = index;
     }
+    load_route_name(ld, obj, "user", index, SELECT_USER);
+    load_route_name(ld, obj, "domain", index, SELECT_DOMAIN);
+    load_route_name(ld, obj, "match", index, SELECT_MATCH);
 
-    if (user != NULL) {
-        size_t mark = path_push_key(ld, "user");
-        if (expect(ld, user, JSON_STRING)) {
-            const char *name = json_string_value(user);
-            if (name[0] == '\0')
-                err(ld, "must not be empty");
-            else if ((r->user = dup_or_oom(ld, name)) != NULL) {
-                for (size_t j = 0; j < index; j++) {
-                    if (cfg->routes[j].user != NULL && strcmp(cfg->routes[j].user, name) == 0) {
-                        err(ld, "a second route for %s (the first is routes[%zu])", quote(ld, name),
-                            j);
-                        break;
-                    }
-                }
-            }
-        }
+    if (get_opt_string(ld, obj, "login", &r->login) && r->login != NULL) {
+        size_t mark = path_push_key(ld, "login");
+        check_template(ld, r->login);
         path_pop(ld, mark);
     }
+    get_bool(ld, obj, "lowercase", &r->lowercase);
 
     if (get_string(ld, obj, "upstream", &r->upstream_name) && upstreams_known) {
         r->upstream = config_upstream_find(cfg, r->upstream_name);
@@ -1031,9 +1295,185 @@ static void load_limits(struct loader *ld, json_t *obj)
     path_pop(ld, mark);
 }
 
+/* True when a and b (listener addresses) would take the same socket: equal, or the same
+ * port and family with either the wildcard address. */
+static bool addresses_overlap(const struct config_listener *a, const struct config_listener *b)
+{
+    if (a->addr.ss_family != b->addr.ss_family || a->addr_len == 0 || b->addr_len == 0)
+        return false;
+    if (a->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->addr;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)&b->addr;
+        return x->sin_port == y->sin_port &&
+               (x->sin_addr.s_addr == y->sin_addr.s_addr || x->sin_addr.s_addr == INADDR_ANY ||
+                y->sin_addr.s_addr == INADDR_ANY);
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->addr;
+    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)&b->addr;
+    return x->sin6_port == y->sin6_port &&
+           (memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 ||
+            IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr));
+}
+
+static void load_admin(struct loader *ld, json_t *obj)
+{
+    static const char *const keys[] = {"address", NULL};
+    struct config *cfg = ld->cfg;
+    size_t mark = path_push_key(ld, "admin");
+    if (!expect(ld, obj, JSON_OBJECT))
+        goto out;
+    check_keys(ld, obj, keys);
+    struct config_listener *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        err_oom(ld);
+        goto out;
+    }
+    cfg->admin = l;
+    l->tls = CONFIG_TLS_NONE;
+    l->min_version = CONFIG_DEFAULT_MIN_VERSION;
+    l->security_level = -1;
+    l->plaintext_auth = CONFIG_PLAINTEXT_DENY;
+    if (!get_string(ld, obj, "address", &l->address_text))
+        goto out;
+    size_t amark = path_push_key(ld, "address");
+    if (parse_listen_address(ld, l->address_text, l)) {
+        for (size_t i = 0; i < cfg->nlisteners; i++) {
+            const struct config_listener *o = &cfg->listeners[i];
+            if (!addresses_overlap(l, o))
+                continue;
+            bool same = o->addr_len == l->addr_len && memcmp(&o->addr, &l->addr, l->addr_len) == 0;
+            if (same)
+                err(ld,
+                    "%s is also the address of listeners[%zu] (the admin listener needs an "
+                    "address of its own)",
+                    quote(ld, l->address_text), i);
+            else
+                err(ld,
+                    "%s overlaps listeners[%zu] %s (the admin listener needs a port of its own)",
+                    quote(ld, l->address_text), i, quote(ld, o->address_text));
+            break;
+        }
+    }
+    path_pop(ld, amark);
+out:
+    path_pop(ld, mark);
+}
+
+/* getpwnam_r/getgrnam_r report a name that is not there as 0 and no result, or as one of
+ * these, depending on the NSS module. */
+static bool is_not_found(int rc)
+{
+    return rc == 0 || rc == ENOENT || rc == ESRCH || rc == EBADF || rc == EPERM;
+}
+
+/* Looks up a user (is_group false) or a group by name; thread-safe, since a reload may
+ * load a config on another thread. Returns 1 found, 0 unknown, -1 with errno_r. */
+static int lookup_id(const char *name, bool is_group, uid_t *uid, gid_t *gid, int *errno_r)
+{
+    long hint = sysconf(is_group ? _SC_GETGR_R_SIZE_MAX : _SC_GETPW_R_SIZE_MAX);
+    size_t size = hint > 0 ? (size_t)hint : 16384;
+    for (;;) {
+        char *buf = malloc(size);
+        if (buf == NULL) {
+            *errno_r = ENOMEM;
+            return -1;
+        }
+        int rc;
+        bool got;
+        if (is_group) {
+            struct group gr, *res = NULL;
+            rc = getgrnam_r(name, &gr, buf, size, &res);
+            got = rc == 0 && res != NULL;
+            if (got)
+                *gid = gr.gr_gid;
+        } else {
+            struct passwd pw, *res = NULL;
+            rc = getpwnam_r(name, &pw, buf, size, &res);
+            got = rc == 0 && res != NULL;
+            if (got) {
+                *uid = pw.pw_uid;
+                *gid = pw.pw_gid;
+            }
+        }
+        free(buf);
+        if (got)
+            return 1;
+        if (rc == ERANGE && size < CONFIG_PWBUF_MAX) {
+            size *= 2;
+            continue;
+        }
+        if (is_not_found(rc))
+            return 0;
+        *errno_r = rc;
+        return -1;
+    }
+}
+
+/* "user" and "group": checked now, so a typo stops the config rather than the start. */
+static void load_run_as(struct loader *ld, json_t *root)
+{
+    struct config *cfg = ld->cfg;
+    bool has_user = json_object_get(root, "user") != NULL;
+    if (get_opt_string(ld, root, "user", &cfg->run_user) && cfg->run_user != NULL) {
+        size_t mark = path_push_key(ld, "user");
+        int e = 0;
+        int rc = lookup_id(cfg->run_user, false, &cfg->uid, &cfg->gid, &e);
+        if (rc == 0)
+            err(ld, "unknown user %s", quote(ld, cfg->run_user));
+        else if (rc < 0)
+            err(ld, "cannot look up user %s: %s", quote(ld, cfg->run_user), strerror(e));
+        path_pop(ld, mark);
+    }
+    if (json_object_get(root, "group") == NULL)
+        return;
+    if (!get_opt_string(ld, root, "group", &cfg->run_group))
+        return;
+    size_t mark = path_push_key(ld, "group");
+    if (!has_user) {
+        err(ld, "only used with \"user\" (popgate changes its group only when it changes its "
+                "user)");
+    } else {
+        uid_t unused;
+        int e = 0;
+        int rc = lookup_id(cfg->run_group, true, &unused, &cfg->gid, &e);
+        if (rc == 0)
+            err(ld, "unknown group %s", quote(ld, cfg->run_group));
+        else if (rc < 0)
+            err(ld, "cannot look up group %s: %s", quote(ld, cfg->run_group), strerror(e));
+    }
+    path_pop(ld, mark);
+}
+
+/* The top-level keys of how the process runs. */
+static void load_process(struct loader *ld, json_t *root)
+{
+    struct config *cfg = ld->cfg;
+    json_int_t v = cfg->workers;
+    if (get_int_range(ld, root, "workers", 1, CONFIG_WORKERS_MAX, "", &v))
+        cfg->workers = (unsigned)v;
+    load_run_as(ld, root);
+    v = cfg->shutdown_timeout;
+    if (get_int_range(ld, root, "shutdown_timeout", 0, CONFIG_SHUTDOWN_TIMEOUT_MAX, "seconds", &v))
+        cfg->shutdown_timeout = (uint32_t)v;
+    int log = (int)cfg->log;
+    get_enum(ld, root, "log", LOG_NAMES, LOG_VALUES, &log);
+    cfg->log = (enum config_log)log;
+}
+
+/* The user map's lines come already formed ("users.map:17: ..."); each counts as the
+ * errors it stands for. */
+static void user_map_error_cb(void *ctx, const char *line, unsigned count)
+{
+    struct loader *ld = ctx;
+    ld->errs.count += count;
+    errors_append(&ld->errs, "%s\n", line);
+}
+
 static void load_root(struct loader *ld, json_t *root)
 {
-    static const char *const keys[] = {"listeners", "upstreams", "routes", "state", "limits", NULL};
+    static const char *const keys[] = {
+        "listeners", "upstreams", "routes",           "state", "limits", "user_map", "workers",
+        "user",      "group",     "shutdown_timeout", "log",   "admin",  NULL};
     if (!json_is_object(root)) {
         err(ld, "the top level must be an object, got %s", found(ld, root));
         return;
@@ -1043,19 +1483,26 @@ static void load_root(struct loader *ld, json_t *root)
     json_t *upstreams = get_required(ld, root, "upstreams");
     json_t *routes = get_required(ld, root, "routes");
     json_t *state = get_required(ld, root, "state");
+    /* Without a usable "upstreams" every route and every user map line would also be an
+     * unknown-upstream error; one cause, one message. */
+    bool known = json_is_object(upstreams) && json_object_size(upstreams) > 0;
     if (listeners != NULL)
         load_listeners(ld, listeners);
     if (upstreams != NULL)
         load_upstreams(ld, upstreams);
-    if (routes != NULL) {
-        /* Without a usable "upstreams" every route would also be an unknown-upstream
-         * error; one cause, one message. */
-        bool known = json_is_object(upstreams) && json_object_size(upstreams) > 0;
+    if (routes != NULL)
         load_routes(ld, routes, known);
-    }
     if (state != NULL)
         load_state(ld, state);
     load_limits(ld, json_object_get(root, "limits"));
+    load_process(ld, root);
+    json_t *admin = json_object_get(root, "admin");
+    if (admin != NULL)
+        load_admin(ld, admin);
+    /* Last: its errors are lines of another file, and it needs the upstreams. */
+    if (get_opt_string(ld, root, "user_map", &ld->cfg->user_map_path) &&
+        ld->cfg->user_map_path != NULL && known)
+        ld->cfg->user_map = user_map_load(ld->cfg->user_map_path, ld->cfg, user_map_error_cb, ld);
 }
 
 /* True when msg is prefix, then file, then a closing quote: tls.c names the file it could
@@ -1183,6 +1630,10 @@ struct config *config_load(const char *path, char **errors_r)
         .max_bad_commands = CONFIG_DEFAULT_MAX_BAD_COMMANDS,
         .output_buffer = CONFIG_DEFAULT_OUTPUT_BUFFER,
     };
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->workers = cpus < 1 ? 1 : cpus > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (unsigned)cpus;
+    cfg->shutdown_timeout = CONFIG_DEFAULT_SHUTDOWN_TIMEOUT;
+    cfg->log = CONFIG_LOG_STDERR;
     cfg->path = dup_or_oom(ld, path);
 
     json_error_t je;
@@ -1229,9 +1680,14 @@ void config_free(struct config **cfgp)
         }
         free(l->certs);
         free(l->ciphers);
+        free(l->trusted_proxies);
         tls_ctx_free(l->tls_ctx);
     }
     free(cfg->listeners);
+    if (cfg->admin != NULL) {
+        free(cfg->admin->address_text);
+        free(cfg->admin);
+    }
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         struct config_upstream *u = &cfg->upstreams[i];
         free(u->name);
@@ -1245,9 +1701,16 @@ void config_free(struct config **cfgp)
     free(cfg->upstreams);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         free(cfg->routes[i].user);
+        free(cfg->routes[i].domain);
+        free(cfg->routes[i].match);
+        free(cfg->routes[i].login);
         free(cfg->routes[i].upstream_name);
     }
     free(cfg->routes);
+    user_map_free(&cfg->user_map);
+    free(cfg->user_map_path);
+    free(cfg->run_user);
+    free(cfg->run_group);
     free(cfg->state_dir);
     free(cfg->path);
     free(cfg);
@@ -1262,4 +1725,50 @@ const struct config_upstream *config_upstream_find(const struct config *cfg, con
         if (strcmp(cfg->upstreams[i].name, name) == 0)
             return &cfg->upstreams[i];
     return NULL;
+}
+
+/* True when the first prefix bits of a and b agree. */
+static bool prefix_equal(const unsigned char *a, const unsigned char *b, unsigned prefix)
+{
+    unsigned whole = prefix / 8, rest = prefix % 8;
+    if (memcmp(a, b, whole) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    unsigned char mask = (unsigned char)(0xffu << (8 - rest));
+    return (a[whole] & mask) == (b[whole] & mask);
+}
+
+bool config_cidr_match(const struct config_cidr *blocks, size_t n, const struct sockaddr *addr)
+{
+    if (blocks == NULL || addr == NULL)
+        return false;
+    /* The peer in both forms: a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d,
+     * and an operator writes their blocks as IPv4. */
+    static const unsigned char mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    unsigned char v4[4], v6[16];
+    bool has_v4 = false;
+    if (addr->sa_family == AF_INET) {
+        memcpy(v4, &((const struct sockaddr_in *)addr)->sin_addr, 4);
+        memcpy(v6, mapped_prefix, 12);
+        memcpy(v6 + 12, v4, 4);
+        has_v4 = true;
+    } else if (addr->sa_family == AF_INET6) {
+        memcpy(v6, &((const struct sockaddr_in6 *)addr)->sin6_addr, 16);
+        if (memcmp(v6, mapped_prefix, 12) == 0) {
+            memcpy(v4, v6 + 12, 4);
+            has_v4 = true;
+        }
+    } else {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct config_cidr *b = &blocks[i];
+        if (b->family == AF_INET && has_v4 && b->prefix <= 32 &&
+            prefix_equal(v4, b->addr, b->prefix))
+            return true;
+        if (b->family == AF_INET6 && b->prefix <= 128 && prefix_equal(v6, b->addr, b->prefix))
+            return true;
+    }
+    return false;
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 enum config_tls {
     CONFIG_TLS_NONE,
@@ -23,6 +24,18 @@ enum config_plaintext_auth {
 struct config_cert {
     char *cert; /* PEM file: the certificate, then its chain */
     char *key;  /* PEM file: the private key */
+};
+
+/*
+ * An address block of "trusted_proxies": "192.0.2.0/24", "2001:db8::/32"; a bare address
+ * is one host ("10.0.0.1" is /32, "::1" is /128). Host bits set beyond the prefix
+ * ("192.0.2.1/24") are refused, not masked: in a list of who may claim any client
+ * address, a block that is not what it looks like is a mistake to show, not to guess.
+ */
+struct config_cidr {
+    int family;             /* AF_INET or AF_INET6 */
+    unsigned char addr[16]; /* network byte order; IPv4 in the first 4 bytes, rest zero */
+    unsigned prefix;        /* 0..32 for AF_INET, 0..128 for AF_INET6 */
 };
 
 struct config_listener {
@@ -47,6 +60,12 @@ struct config_listener {
     enum config_plaintext_auth plaintext_auth; /* "plaintext_auth"; default loopback */
     void *tls_ctx; /* SSL_CTX *, built at load unless tls is none, so a certificate that
                     * cannot be used refuses the config; owned by the config */
+    /* "proxy_protocol": every connection starts with a PROXY v1/v2 header; default false.
+     * When true, "trusted_proxies" is required and non-empty; without it, refused as
+     * unused. Peers outside these blocks are refused. */
+    bool proxy_protocol;
+    struct config_cidr *trusted_proxies; /* owned by the config */
+    size_t ntrusted_proxies;
 };
 
 struct config_upstream {
@@ -56,23 +75,34 @@ struct config_upstream {
     enum config_tls tls; /* "tls"; default implicit for port 993, else none */
     /* verify, ca_file, verify_name and min_version only go with tls starttls/implicit;
      * with tls none they are refused as unused. */
-    bool verify;       /* "verify": check the server certificate; default true */
-    char *ca_file;     /* "ca_file": PEM CA bundle; NULL = the system store */
-    char *verify_name; /* "verify_name": the name the certificate must carry; a copy of
-                        * host when not given, so never NULL unless tls is none. May be an
-                        * IP literal: OpenSSL 3's SSL_set1_host then checks IP addresses */
-    int min_version;   /* "min_version", as for listeners; default TLS1_2_VERSION. Below
-                        * TLS 1.2 this upstream's security level is 0, as for listeners */
-    void *tls_ctx;     /* SSL_CTX *, built at load unless tls is none; owned by the config */
+    bool verify;         /* "verify": check the server certificate; default true */
+    char *ca_file;       /* "ca_file": PEM CA bundle; NULL = the system store */
+    char *verify_name;   /* "verify_name": the name the certificate must carry; a copy of
+                          * host when not given, so never NULL unless tls is none. May be an
+                          * IP literal: OpenSSL 3's SSL_set1_host then checks IP addresses */
+    int min_version;     /* "min_version", as for listeners; default TLS1_2_VERSION. Below
+                          * TLS 1.2 this upstream's security level is 0, as for listeners */
+    void *tls_ctx;       /* SSL_CTX *, built at load unless tls is none; owned by the config */
+    bool send_client_ip; /* "send_client_ip": IMAP ID x-originating-ip/-port before login */
     /* Resolved at load (off the event loop): every address getaddrinfo gave. */
     struct sockaddr_storage *addrs;
     socklen_t *addr_lens;
     size_t naddrs;
 };
 
+/* One entry of "routes". Exactly one of user, domain, match and is_default is set;
+ * route_resolve (route.h) says which wins. */
 struct config_route {
     bool is_default;
-    char *user; /* the POP3 user name this route serves; NULL for the default route */
+    char *user;     /* "user": one POP3 user name, compared case-insensitively (ASCII);
+                     * unique among user routes */
+    char *domain;   /* "domain": the part after the last "@", compared case-insensitively;
+                     * no "@", "*" or "?"; unique among domain routes */
+    char *match;    /* "match": a glob (* any run, ? one byte) over the whole user name,
+                     * case-insensitive */
+    char *login;    /* "login": template of the name sent upstream: %u as typed, %n local
+                     * part, %d domain, %% a percent sign (no other "%"); NULL means "%u" */
+    bool lowercase; /* "lowercase": lower-case (ASCII) the login after expansion */
     char *upstream_name;
     const struct config_upstream *upstream; /* points into config.upstreams */
 };
@@ -86,8 +116,33 @@ struct config_limits {
     size_t output_buffer;      /* client output high mark, bytes; default 65536 */
 };
 
+enum config_log {
+    CONFIG_LOG_STDERR,
+    CONFIG_LOG_SYSLOG,
+};
+
+struct user_map; /* user_map.h */
+
 struct config {
     char *path;
+    unsigned workers;          /* "workers" 1..256: processes; default the number of online CPUs
+                                * (at least 1, at most 256) */
+    char *run_user;            /* "user": drop to this user after binding; NULL = stay. Must exist
+                                * at load (getpwnam) */
+    char *run_group;           /* "group": only with "user"; NULL = the user's primary group */
+    uid_t uid;                 /* resolved at load when run_user is set */
+    gid_t gid;                 /* run_group's, else run_user's primary group; set with uid */
+    uint32_t shutdown_timeout; /* "shutdown_timeout": seconds sessions get on SIGTERM;
+                                * default 30, 0..3600 */
+    enum config_log log;       /* "log": "stderr" (default) or "syslog" */
+    /* "admin": {"address": "IP:port"}: metrics and /healthz; NULL if absent. Only
+     * address_text, addr and addr_len are set (tls none); the address may not be (or,
+     * for a wildcard of the same family, overlap) a POP3 listener's. */
+    struct config_listener *admin;
+    char *user_map_path;       /* "user_map": file of "USER UPSTREAM [LOGIN]" lines, opened
+                                * as given (relative to the working directory) */
+    struct user_map *user_map; /* loaded at config load (and so at every reload); NULL
+                                * without user_map_path; owned by the config */
     struct config_listener *listeners;
     size_t nlisteners;
     struct config_upstream *upstreams;
@@ -123,6 +178,12 @@ struct config *config_load(const char *path, char **errors_r);
 
 /* Frees everything cfg owns and sets *cfg to NULL. NULL and *cfg == NULL are fine. */
 void config_free(struct config **cfg);
+
+/* True when addr (a sockaddr_in/in6) lies in one of the blocks. A v4-mapped IPv6 peer
+ * (::ffff:192.0.2.7, as a dual-stack socket reports it) matches IPv4 blocks, and an IPv4
+ * peer matches IPv6 blocks that hold its mapped form (::ffff:0:0/96, ::/0). Other
+ * families, NULL addr and n == 0 give false. */
+bool config_cidr_match(const struct config_cidr *blocks, size_t n, const struct sockaddr *addr);
 
 /* Finds the upstream by name (exact, case-sensitive), or NULL. The result
  * points into cfg. */

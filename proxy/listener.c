@@ -63,31 +63,34 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
-struct listener *listener_open(struct ev_loop *loop, const struct config *cfg,
-                               const struct config_listener *cl, const char **error_r)
+int listener_bind(const struct config_listener *cl, const char **error_r)
 {
-    struct listener *l = calloc(1, sizeof(*l));
-    if (l == NULL) {
-        *error_r = "out of memory";
-        return NULL;
-    }
-    l->fd = socket(cl->addr.ss_family, SOCK_STREAM, 0);
-    if (l->fd < 0) {
+    int fd = socket(cl->addr.ss_family, SOCK_STREAM, 0);
+    if (fd < 0) {
         *error_r = strerror(errno);
-        free(l);
-        return NULL;
+        return -1;
     }
     int one = 1;
-    (void)setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (cl->addr.ss_family == AF_INET6)
-        (void)setsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(l->fd, (const struct sockaddr *)&cl->addr, cl->addr_len) < 0 ||
-        listen(l->fd, LISTENER_BACKLOG) < 0 || conn_prepare_fd(l->fd) < 0) {
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&cl->addr, cl->addr_len) < 0 ||
+        listen(fd, LISTENER_BACKLOG) < 0 || conn_prepare_fd(fd) < 0) {
         *error_r = strerror(errno);
-        close(l->fd);
-        free(l);
-        return NULL;
+        close(fd);
+        return -1;
     }
+    return fd;
+}
+
+struct listener *listener_attach(struct ev_loop *loop, const struct config *cfg,
+                                 const struct config_listener *cl, int fd)
+{
+    struct listener *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return NULL;
+    l->fd = fd;
     l->loop = loop;
     l->cfg = cfg;
     l->cl = cl;

@@ -9,13 +9,22 @@
 struct listener;
 
 /*
- * Binds and listens on the configured address and starts accepting. cfg must
- * outlive the listener. Returns NULL with a static-or-errno reason in *error_r.
+ * Master: creates, binds and listens on cl's address (SO_REUSEADDR, and
+ * SO_REUSEPORT so a restarted popgate can bind while the old one drains).
+ * Returns the non-blocking, close-on-exec fd, or -1 with a reason in *error_r.
  */
-struct listener *listener_open(struct ev_loop *loop, const struct config *cfg,
-                               const struct config_listener *cl, const char **error_r);
+int listener_bind(const struct config_listener *cl, const char **error_r);
 
-/* Stops accepting and closes the socket. */
+/*
+ * Worker: accepts on the bound fd (shared with the other workers) and hands
+ * each client to a new session with cfg and cl (cfg must outlive the listener).
+ * The listener does not own fd's lifetime beyond closing it in listener_free.
+ * Returns NULL when out of memory.
+ */
+struct listener *listener_attach(struct ev_loop *loop, const struct config *cfg,
+                                 const struct config_listener *cl, int fd);
+
+/* Stops accepting and closes the fd. */
 void listener_free(struct listener **l);
 
 #endif

@@ -1,5 +1,6 @@
 /* Logging: one key=value line per event, to stderr, written whole. */
 #include "log.h"
+#include "log_syslog.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 static enum log_level min_level = LOG_INFO;
+static bool to_syslog;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -18,11 +20,26 @@ void log_set_level(enum log_level level)
     min_level = level;
 }
 
+void log_use_syslog(void)
+{
+    log_syslog_open();
+    to_syslog = true;
+}
+
 void log_line(enum log_level level, const char *fmt, ...)
 {
     if (level > min_level)
         return;
     char line[2048];
+    if (to_syslog) {
+        int n = snprintf(line, sizeof(line), "level=%s ", level_names[level]);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+        va_end(ap);
+        log_syslog_write((int)level, line);
+        return;
+    }
     struct timeval tv;
     gettimeofday(&tv, NULL);
     struct tm tm;

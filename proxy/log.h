@@ -13,6 +13,10 @@ enum log_level {
 
 void log_set_level(enum log_level level);
 
+/* From now on, lines go to syslog (facility mail, ident "popgate", with the pid)
+ * instead of stderr. */
+void log_use_syslog(void);
+
 /* Writes "ts=... level=... <formatted text>\n" to stderr in one write(2). The
  * caller formats the key=value pairs; values from outside go through log_value. */
 void log_line(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

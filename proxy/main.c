@@ -1,5 +1,4 @@
-/* popgate's entry point: options, config, listeners, signals and the event loop. */
-#include <ev.h>
+/* popgate's entry point: options, the configuration check, then the master process. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,13 +6,8 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "listener.h"
+#include "master.h"
 #include "log.h"
-#include "reaper.h"
-#include "session.h"
-
-static struct listener **listeners;
-static size_t nlisteners;
 
 static void usage(FILE *f)
 {
@@ -21,16 +15,6 @@ static void usage(FILE *f)
                "  -c FILE  configuration file (JSON)\n"
                "  -t       check the configuration and exit\n"
                "  -V       print the version\n");
-}
-
-static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
-{
-    (void)revents;
-    log_line(LOG_INFO, "event=shutdown signal=%d sessions=%u", w->signum, session_count());
-    for (size_t i = 0; i < nlisteners; i++)
-        listener_free(&listeners[i]);
-    session_close_all("shutdown");
-    ev_break(loop, EVBREAK_ALL);
 }
 
 int main(int argc, char **argv)
@@ -65,7 +49,15 @@ int main(int argc, char **argv)
     char *errors = NULL;
     struct config *cfg = config_load(path, &errors);
     if (cfg == NULL) {
-        fputs(errors != NULL ? errors : "popgate: cannot load the configuration\n", stderr);
+        if (errors == NULL) {
+            fputs("popgate: cannot load the configuration: out of memory\n", stderr);
+            return 1;
+        }
+        /* The last line counts the errors; say what follows from them. */
+        size_t len = strlen(errors);
+        if (len > 0 && errors[len - 1] == '\n')
+            errors[--len] = '\0';
+        fprintf(stderr, "%s%s\n", errors, test_only ? "" : "; not starting");
         free(errors);
         return 1;
     }
@@ -83,39 +75,7 @@ int main(int argc, char **argv)
         return 0;
     }
 
-    signal(SIGPIPE, SIG_IGN);
-    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
-    reaper_init(loop);
-
-    listeners = calloc(cfg->nlisteners, sizeof(*listeners));
-    if (listeners == NULL)
-        return 1;
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
-        const char *error = NULL;
-        listeners[i] = listener_open(loop, cfg, &cfg->listeners[i], &error);
-        if (listeners[i] == NULL) {
-            char q[LOG_VALUE_MAX];
-            log_line(LOG_ERROR, "event=listen_failed address=%s reason=%s",
-                     cfg->listeners[i].address_text, log_str(q, sizeof(q), error));
-            return 1;
-        }
-        nlisteners++;
-        log_line(LOG_INFO, "event=listening address=%s", cfg->listeners[i].address_text);
-    }
-
-    ev_signal sigterm, sigint;
-    ev_signal_init(&sigterm, stop_cb, SIGTERM);
-    ev_signal_init(&sigint, stop_cb, SIGINT);
-    ev_signal_start(loop, &sigterm);
-    ev_signal_start(loop, &sigint);
-    log_line(LOG_INFO, "event=started version=%s config=%s", POPGATE_VERSION, path);
-
-    ev_run(loop, 0);
-
-    reaper_run();
-    free(listeners);
-    config_free(&cfg);
-    ev_loop_destroy(loop);
-    log_line(LOG_INFO, "event=stopped");
-    return 0;
+    if (cfg->log == CONFIG_LOG_SYSLOG)
+        log_use_syslog();
+    return master_run(path, cfg);
 }

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "log.h"
 #include "pop3_writer.h"
+#include "proxy_protocol.h"
 #include "reaper.h"
 #include "session_int.h"
 
@@ -20,6 +22,9 @@ static unsigned nsessions;
 static uint32_t session_seq;
 
 static void process_commands(struct session *s);
+static bool is_loopback(const struct sockaddr_storage *peer);
+static void proxy_retry_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void read_proxy_header(struct session *s);
 
 unsigned session_count(void)
 {
@@ -43,7 +48,7 @@ void session_log(struct session *s, const char *fmt, ...)
     char user[LOG_VALUE_MAX];
     log_line(LOG_INFO, "session=%s client=%s user=%s upstream=%s %s", s->id, s->peer,
              session_user_value(s, user, sizeof(user)),
-             s->route != NULL ? s->route->upstream->name : "-", text);
+             s->upstream_cfg != NULL ? s->upstream_cfg->name : "-", text);
 }
 
 void session_append(struct session *s, const char *p, size_t len)
@@ -72,6 +77,28 @@ void session_replyf(struct session *s, bool ok, const char *code, const char *fm
     session_reply(s, ok, code, text);
 }
 
+enum metrics_upstream_error session_metrics_class(enum upstream_status st)
+{
+    switch (st) {
+    case UPSTREAM_NO:
+        return METRICS_UPSTREAM_NO;
+    case UPSTREAM_AUTH:
+        return METRICS_UPSTREAM_AUTH;
+    case UPSTREAM_CONNECT:
+        return METRICS_UPSTREAM_CONNECT;
+    case UPSTREAM_TIMEOUT:
+        return METRICS_UPSTREAM_TIMEOUT;
+    case UPSTREAM_PROTOCOL:
+        return METRICS_UPSTREAM_PROTOCOL;
+    case UPSTREAM_INTERNAL:
+        return METRICS_UPSTREAM_INTERNAL;
+    case UPSTREAM_CLOSED:
+    case UPSTREAM_OK:
+        break;
+    }
+    return METRICS_UPSTREAM_CLOSED;
+}
+
 static void session_free_cb(void *p)
 {
     struct session *s = p;
@@ -81,7 +108,7 @@ static void session_free_cb(void *p)
     buffer_free(&s->in);
     buffer_free(&s->out);
     if (s->user != NULL) {
-        memset(s->user, 0, s->user_len);
+        explicit_bzero(s->user, s->user_len);
         free(s->user);
     }
     free(s);
@@ -97,12 +124,17 @@ void session_close(struct session *s, const char *result)
         s->result = result;
     ev_io_stop(s->loop, &s->io);
     ev_timer_stop(s->loop, &s->idle);
+    ev_timer_stop(s->loop, &s->proxy_retry);
     conn_close(&s->client);
     if (s->up != NULL)
         upstream_close(s->up);
     session_log(s, "event=session_end result=%s retr=%u retr_bytes=%llu deleted=%u duration=%.3f",
                 s->result, s->retr_count, (unsigned long long)s->retr_bytes, s->deleted_count,
                 ev_now(s->loop) - s->started);
+    metrics_session_end(metrics_result_from_name(s->result));
+    metrics_bytes_retrieved(s->retr_bytes);
+    metrics_messages_retrieved(s->retr_count);
+    metrics_messages_deleted(s->deleted_count);
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
@@ -196,6 +228,10 @@ void session_update_io(struct session *s)
         if (s->reaped)
             return;
     }
+    if (s->await_proxy) {
+        set_events(s, ev_is_active(&s->proxy_retry) ? 0 : EV_READ);
+        return;
+    }
     if (s->client.handshaking) {
         set_events(s, s->client.hs_wait);
         return;
@@ -282,6 +318,11 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct session *s = w->data;
+    if (s->await_proxy) {
+        read_proxy_header(s);
+        session_update_io(s);
+        return;
+    }
     if (s->client.handshaking) {
         do_handshake(s);
         if (!s->reaped && !s->client.handshaking && s->job == JOB_NONE)
@@ -485,6 +526,98 @@ static void process_commands(struct session *s)
         buffer_shrink(&s->in);
 }
 
+/* The connection is ready for POP3: implicit TLS first, else the greeting. */
+static void begin(struct session *s)
+{
+    if (s->listener->tls == CONFIG_TLS_IMPLICIT) {
+        if (conn_tls_accept(&s->client, s->listener->tls_ctx) < 0) {
+            char q[LOG_VALUE_MAX];
+            session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
+            session_close(s, "tls_failed");
+            return;
+        }
+        s->secure = true;
+        return;
+    }
+    session_reply(s, true, NULL, "popgate ready");
+}
+
+/* Applies a PROXY header: from now on the session is the real client's. */
+static void take_proxy_info(struct session *s, const struct proxy_protocol_info *info)
+{
+    if (info->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&s->client_addr;
+        memset(&s->client_addr, 0, sizeof(s->client_addr));
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, info->src_addr, 4);
+        in->sin_port = htons(info->src_port);
+    } else if (info->family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->client_addr;
+        memset(&s->client_addr, 0, sizeof(s->client_addr));
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, info->src_addr, 16);
+        in6->sin6_port = htons(info->src_port);
+    } else {
+        return; /* LOCAL / UNKNOWN: the proxy's own connection (health checks) */
+    }
+    char proxy[64];
+    snprintf(proxy, sizeof(proxy), "%s", s->peer);
+    conn_format_addr(&s->client_addr, s->peer, sizeof(s->peer));
+    s->is_loopback = is_loopback(&s->client_addr);
+    session_log(s, "event=proxy_header version=%d proxy=%s", info->version, proxy);
+}
+
+/*
+ * Reads the PROXY header with MSG_PEEK and then takes exactly its bytes, so what
+ * follows (a TLS ClientHello for implicit TLS) stays in the socket for its reader.
+ */
+static void read_proxy_header(struct session *s)
+{
+    char buf[PROXY_PROTOCOL_V2_MAX];
+    ssize_t n = recv(s->client.fd, buf, sizeof(buf), MSG_PEEK);
+    if (n == 0) {
+        session_close(s, "client_closed");
+        return;
+    }
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            session_close(s, "client_error");
+        return;
+    }
+    struct proxy_protocol_info info;
+    size_t consumed = 0;
+    const char *error = NULL;
+    enum proxy_protocol_status st = proxy_protocol_parse(buf, (size_t)n, &consumed, &info, &error);
+    if (st == PROXY_PROTOCOL_MORE) {
+        /* The rest is on its way; peeking again at once would spin the loop. */
+        ev_timer_set(&s->proxy_retry, SESSION_PROXY_RETRY, 0);
+        ev_timer_start(s->loop, &s->proxy_retry);
+        return;
+    }
+    if (st == PROXY_PROTOCOL_ERROR) {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=proxy_refused reason=%s", log_str(q, sizeof(q), error));
+        session_close(s, "proxy_refused");
+        return;
+    }
+    if (recv(s->client.fd, buf, consumed, 0) != (ssize_t)consumed) {
+        session_close(s, "client_error");
+        return;
+    }
+    s->await_proxy = false;
+    take_proxy_info(s, &info);
+    begin(s);
+}
+
+static void proxy_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct session *s = w->data;
+    read_proxy_header(s);
+    session_update_io(s);
+}
+
 static bool is_loopback(const struct sockaddr_storage *peer)
 {
     if (peer->ss_family == AF_INET) {
@@ -536,6 +669,7 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
     snprintf(s->id, sizeof(s->id), "%08x",
              (unsigned)(++session_seq * 2654435761u) ^ (unsigned)getpid());
     conn_format_addr(peer, s->peer, sizeof(s->peer));
+    s->client_addr = *peer;
     conn_init_plain(&s->client, fd);
     buffer_init(&s->in, SESSION_IN_MAX, true);
     buffer_init(&s->out, cfg->limits.output_buffer, false);
@@ -545,6 +679,8 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
     s->io.data = s;
     ev_init(&s->idle, idle_cb);
     s->idle.data = s;
+    ev_init(&s->proxy_retry, proxy_retry_cb);
+    s->proxy_retry.data = s;
     s->state = SESSION_AUTHORIZATION;
 
     s->next = sessions;
@@ -554,18 +690,21 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
     nsessions++;
 
     session_log(s, "event=session_start");
+    metrics_session_start();
     touch(s);
-    if (listener->tls == CONFIG_TLS_IMPLICIT) {
-        if (conn_tls_accept(&s->client, listener->tls_ctx) < 0) {
-            char q[LOG_VALUE_MAX];
-            session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
-            session_close(s, "tls_failed");
+    if (listener->proxy_protocol) {
+        if (!config_cidr_match(listener->trusted_proxies, listener->ntrusted_proxies,
+                               (const struct sockaddr *)peer)) {
+            session_log(s, "event=proxy_refused reason=\"source not in trusted_proxies\"");
+            session_close(s, "proxy_refused");
             return -1;
         }
-        s->secure = true;
-    } else {
-        session_reply(s, true, NULL, "popgate ready");
+        /* The header comes before anything else, TLS included. */
+        s->await_proxy = true;
+        session_update_io(s);
+        return 0;
     }
+    begin(s);
     session_update_io(s);
     return 0;
 }

@@ -6,6 +6,7 @@
 
 #include "base64.h"
 #include "log.h"
+#include "metrics.h"
 #include "reaper.h"
 #include "route.h"
 #include "session_int.h"
@@ -13,7 +14,7 @@
 static void clear_user(struct session *s)
 {
     if (s->user != NULL) {
-        memset(s->user, 0, s->user_len);
+        explicit_bzero(s->user, s->user_len);
         free(s->user);
     }
     s->user = NULL;
@@ -58,7 +59,7 @@ static void auth_failed(struct session *s, const char *code, const char *text)
 {
     s->auth_failures++;
     clear_user(s);
-    s->route = NULL;
+    s->upstream_cfg = NULL;
     s->sasl = SASL_NONE;
     session_reply(s, false, code, text);
     if (s->auth_failures >= SESSION_MAX_AUTH_FAILURES) {
@@ -71,19 +72,31 @@ static void auth_failed(struct session *s, const char *code, const char *text)
 /* Routes s->user and opens its upstream; NULL (after answering the client) on failure. */
 static struct upstream *open_upstream(struct session *s)
 {
-    s->route = route_lookup(s->cfg, s->user);
-    if (s->route == NULL) {
+    struct route_result r;
+    s->login_started = ev_now(s->loop);
+    if (route_resolve(s->cfg, s->user, s->user_len, &r) < 0) {
         /* Same answer as a wrong password: no enumeration of who exists. */
         session_log(s, "event=login_failed reason=\"no route for user\"");
+        metrics_login(METRICS_LOGIN_AUTH_FAILED, 0);
         auth_failed(s, "AUTH", "Authentication failed");
         return NULL;
     }
-    s->up = upstream_new(s->loop, s->route->upstream, &s->cfg->limits, s->id,
-                         &session_upstream_handler, s);
+    s->upstream_cfg = r.upstream;
+    memcpy(s->login, r.login, r.login_len + 1);
+    s->login_len = r.login_len;
+    s->up = upstream_new(s->loop, r.upstream, &s->cfg->limits, s->id, &session_upstream_handler, s);
     if (s->up == NULL) {
         session_log(s, "event=login_failed reason=\"out of memory\"");
         session_reply(s, false, "SYS/TEMP", "Temporary failure, try again later");
         return NULL;
+    }
+    if (r.upstream->send_client_ip)
+        upstream_set_client(s->up, (const struct sockaddr *)&s->client_addr);
+    if (r.source != ROUTE_DEFAULT || s->login_len != s->user_len ||
+        memcmp(s->login, s->user, s->user_len) != 0) {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=routed source=%s login=%s", route_source_name(r.source),
+                    log_value(q, sizeof(q), s->login, s->login_len));
     }
     s->job = JOB_LOGIN;
     return s->up;
@@ -93,7 +106,7 @@ static void start_login(struct session *s, const char *pass, size_t pass_len)
 {
     struct upstream *u = open_upstream(s);
     if (u != NULL)
-        upstream_login(u, s->user, s->user_len, pass, pass_len);
+        upstream_login(u, s->login, s->login_len, pass, pass_len);
     /* The upstream has its copy: the parser's line with the password goes now. */
     pop3_parser_reset(s->parser);
 }
@@ -155,7 +168,7 @@ static char *sasl_decode(const char *p, size_t len, size_t *out_len)
 static void wipe(char *p, size_t len)
 {
     if (p != NULL) {
-        memset(p, 0, len);
+        explicit_bzero(p, len);
         free(p);
     }
 }
@@ -343,7 +356,9 @@ void session_drop_upstream(struct session *s)
 
 static void login_done(struct session *s, enum upstream_status st, const char *detail)
 {
+    double took = ev_now(s->loop) - s->login_started;
     if (st == UPSTREAM_OK) {
+        metrics_login(METRICS_LOGIN_OK, took);
         s->md = upstream_take_maildrop(s->up);
         s->state = SESSION_TRANSACTION;
         uint32_t count;
@@ -357,6 +372,10 @@ static void login_done(struct session *s, enum upstream_status st, const char *d
     }
     session_log(s, "event=login_failed class=%s reason=%s", upstream_status_name(st), detail);
     session_drop_upstream(s);
+    metrics_login(st == UPSTREAM_AUTH ? METRICS_LOGIN_AUTH_FAILED : METRICS_LOGIN_TEMP_FAILED,
+                  took);
+    if (st != UPSTREAM_AUTH)
+        metrics_upstream_error(session_metrics_class(st));
     if (st == UPSTREAM_AUTH)
         auth_failed(s, "AUTH", "Authentication failed");
     else

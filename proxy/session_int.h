@@ -5,13 +5,16 @@
 #include <ev.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "buffer.h"
 #include "config.h"
 #include "conn.h"
 #include "maildrop.h"
+#include "metrics.h"
 #include "pop3_dotstuff.h"
 #include "pop3_parser.h"
+#include "route.h"
 #include "upstream.h"
 
 /* Client input held at once: a few pipelined commands wait here. */
@@ -24,6 +27,8 @@
 #define SESSION_TOP_CHUNK_MIN 16384
 #define SESSION_TOP_CHUNK_MAX (1024 * 1024)
 #define SESSION_USER_MAX      256
+/* A PROXY header that came in parts: look again after this many seconds. */
+#define SESSION_PROXY_RETRY 0.02
 
 enum session_state {
     SESSION_AUTHORIZATION,
@@ -58,7 +63,11 @@ struct session {
     struct ev_loop *loop;
     const struct config *cfg;
     char id[12];
-    char peer[64];
+    char peer[64];                       /* client address:port as logged (PROXY-aware) */
+    struct sockaddr_storage client_addr; /* the real client (from PROXY when trusted) */
+    ev_timer proxy_retry;                /* PROXY header incomplete: peek again later */
+    bool await_proxy;                    /* the PROXY header has not arrived yet */
+
     ev_tstamp started;
 
     const struct config_listener *listener;
@@ -84,8 +93,11 @@ struct session {
     char *user;
     size_t user_len;
     enum session_sasl sasl;
-    const char *sasl_mech; /* "XOAUTH2" or "OAUTHBEARER" for SASL_OAUTH */
-    const struct config_route *route;
+    const char *sasl_mech;                      /* "XOAUTH2" or "OAUTHBEARER" for SASL_OAUTH */
+    const struct config_upstream *upstream_cfg; /* the routed upstream, once routed */
+    char login[ROUTE_LOGIN_MAX + 1];            /* the name sent upstream */
+    size_t login_len;
+    ev_tstamp login_started;
     struct upstream *up;
     struct maildrop *md;
 
@@ -119,6 +131,8 @@ void session_close(struct session *s, const char *result);
 void session_update_io(struct session *s);
 void session_log(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *session_user_value(struct session *s, char *buf, size_t cap);
+/* The metrics label of an upstream failure class (st != UPSTREAM_OK). */
+enum metrics_upstream_error session_metrics_class(enum upstream_status st);
 /* True when this connection may carry a password (TLS, or the listener's policy). */
 bool session_plaintext_ok(const struct session *s);
 

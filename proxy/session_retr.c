@@ -108,6 +108,7 @@ void session_retr_done(struct session *s, enum upstream_status st, const char *d
     if (st != UPSTREAM_OK && st != UPSTREAM_NO) {
         session_log(s, "event=retr_failed msg=%u uid=%u class=%s reason=%s", s->xfer_n, s->xfer_uid,
                     upstream_status_name(st), detail);
+        metrics_upstream_error(session_metrics_class(st));
         if (s->xfer_started) {
             /* Never end a broken message with ".": the client must not keep it. */
             session_close(s, "upstream_error");

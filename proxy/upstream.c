@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ enum stage {
     ST_TLS, /* TLS handshake (implicit, or after STARTTLS) */
     ST_GREETING,
     ST_STARTTLS,
+    ST_ID,
     ST_CAPABILITY,
     ST_AUTH,
     ST_POSTCAPS,
@@ -93,7 +95,9 @@ struct upstream {
 
     /* Capabilities. */
     bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus, starttls;
-    bool auth_xoauth2, auth_oauthbearer;
+    bool auth_xoauth2, auth_oauthbearer, id;
+    char client_ip[64]; /* for IMAP ID x-originating-ip; empty = do not send */
+    unsigned client_port;
 
     /* Login. */
     char *user, *pass; /* pass holds the client's SASL message for OAuth mechanisms */
@@ -151,7 +155,7 @@ const char *upstream_status_name(enum upstream_status st)
 static void wipe_free(char **p, size_t len)
 {
     if (*p != NULL) {
-        memset(*p, 0, len);
+        explicit_bzero(*p, len); /* a plain memset before free may be optimised away */
         free(*p);
         *p = NULL;
     }
@@ -302,7 +306,7 @@ static void cap_reset(struct upstream *u)
 {
     u->caps_known = true;
     u->literal_plus = u->sasl_ir = u->auth_plain = u->logindisabled = u->uidplus = false;
-    u->starttls = u->auth_xoauth2 = u->auth_oauthbearer = false;
+    u->starttls = u->auth_xoauth2 = u->auth_oauthbearer = u->id = false;
 }
 
 static void cap_add(struct upstream *u, const char *p, size_t len)
@@ -324,6 +328,8 @@ static void cap_add(struct upstream *u, const char *p, size_t len)
         u->auth_xoauth2 = true;
     else if (CAP_IS("AUTH=OAUTHBEARER"))
         u->auth_oauthbearer = true;
+    else if (CAP_IS("ID"))
+        u->id = true;
 #undef CAP_IS
 }
 
@@ -445,7 +451,7 @@ static void start_auth(struct upstream *u)
         imap_cmd_string(c, u->pass, u->pass_len);
         rc = send_cmd(u, c);
     }
-    memset(c, 0, sizeof(*c));
+    explicit_bzero(c, sizeof(*c));
     free(c);
     if (rc < 0) {
         finish(u, UPSTREAM_INTERNAL);
@@ -520,6 +526,10 @@ static void on_tagged(struct upstream *u)
             return;
         }
         after_caps(u);
+        return;
+    case ST_ID:
+        /* A server that dislikes ID still lets us log in. */
+        start_auth(u);
         return;
     case ST_STARTTLS:
         if (!ok) {
@@ -622,6 +632,16 @@ static void after_caps(struct upstream *u)
         }
         u->stage = ST_STARTTLS;
         if (send_simple(u, "STARTTLS", NULL) < 0)
+            finish(u, UPSTREAM_INTERNAL);
+        return;
+    }
+    if (u->client_ip[0] != '\0' && u->id) {
+        /* RFC 2971: the server's own brute-force protection sees the real client. */
+        char args[160];
+        snprintf(args, sizeof(args), "(\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\")",
+                 u->client_ip, u->client_port);
+        u->stage = ST_ID;
+        if (send_simple(u, "ID", args) < 0)
             finish(u, UPSTREAM_INTERNAL);
         return;
     }
@@ -1208,6 +1228,19 @@ void upstream_login(struct upstream *u, const char *user, size_t user_len, const
     }
     u->addr_index = 0;
     try_connect(u);
+}
+
+void upstream_set_client(struct upstream *u, const struct sockaddr *client)
+{
+    if (client->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)client;
+        inet_ntop(AF_INET, &in->sin_addr, u->client_ip, sizeof(u->client_ip));
+        u->client_port = ntohs(in->sin_port);
+    } else if (client->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)client;
+        inet_ntop(AF_INET6, &in6->sin6_addr, u->client_ip, sizeof(u->client_ip));
+        u->client_port = ntohs(in6->sin6_port);
+    }
 }
 
 void upstream_login_sasl(struct upstream *u, const char *mech, const char *msg, size_t len)

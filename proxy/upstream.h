@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "config.h"
 #include "maildrop.h"
@@ -68,6 +69,10 @@ void upstream_free_cb(void *u);
  */
 void upstream_login(struct upstream *u, const char *user, size_t user_len, const char *pass,
                     size_t pass_len);
+
+/* Before login, tell the server the real client with IMAP ID (x-originating-ip and
+ * -port, RFC 2971) when it announces ID. Call before upstream_login. */
+void upstream_set_client(struct upstream *u, const struct sockaddr *client);
 
 /*
  * Like upstream_login, but authenticates with the client's own SASL message for

@@ -3,8 +3,9 @@
 process in front of it, and raw POP3 and IMAP clients to drive and inspect them.
 
 Standard library only. Every process started here is stopped by stop(), at interpreter
-exit, on SIGTERM/SIGHUP, and (for Dovecot, which daemonizes) by a watchdog process if the
-test process dies without cleaning up. Every socket operation has a timeout.
+exit, on SIGTERM/SIGHUP, and by a small watchdog process (which also removes the temporary
+folder) if the test process dies without cleaning up, even by SIGKILL. Every socket
+operation has a timeout. KEEP_TEST_DIRS=1 keeps the temporary folders for inspection.
 
 Small CLI (used by deploy/quickstart.sh, so there is one Dovecot config generator):
     harness.py demo-dovecot DIR PORT [--parent PID]   start Dovecot with the demo user
@@ -47,7 +48,8 @@ _handlers_installed = False
 def _register(obj):
     global _handlers_installed
     with _live_lock:
-        _live.append(obj)
+        if obj not in _live:
+            _live.append(obj)
     if not _handlers_installed:
         _handlers_installed = True
         atexit.register(stop_all)
@@ -151,14 +153,21 @@ def _start_watchdog(parent_pid, target_pid, remove_dir=None):
 
 
 def _watchdog_main(parent_pid, target_pid, remove_dir=None):
-    while pid_alive(target_pid):
+    target_gone_at = None
+    while True:
         if not pid_alive(parent_pid):
             kill_and_wait(target_pid, timeout=5)
             if remove_dir and not os.environ.get("KEEP_TEST_DIRS"):
                 shutil.rmtree(remove_dir, ignore_errors=True)
             return 0
-        time.sleep(0.5)
-    return 0
+        if not pid_alive(target_pid):
+            # stopped by the test (which owns its folder from now on), or killed along
+            # with the test process (PR_SET_PDEATHSIG): look at the parent a while longer
+            if target_gone_at is None:
+                target_gone_at = time.monotonic()
+            elif time.monotonic() - target_gone_at > 2:
+                return 0
+        time.sleep(0.25)
 
 
 # ---------------------------------------------------------------------------
@@ -233,6 +242,8 @@ class Dovecot:
         self.instance_name = "popgate-test-%d-%d" % (os.getpid(), id(self) % 100000)
         self._watchdog = None
         self._msg_counter = 0
+        if self.own_root:
+            _register(self)
 
     def __repr__(self):
         return "Dovecot(port=%s, pid=%s, root=%s)" % (self.port, self.pid, self.root)
@@ -637,6 +648,8 @@ class Popgate:
         self.needed_sigkill = False
         self._log_file = None
         self._watchdog = None
+        if self.own_root:
+            _register(self)
 
     def __repr__(self):
         return "Popgate(port=%s, pid=%s)" % (self.port, self.pid)

@@ -5,12 +5,17 @@
 #include <arpa/inet.h>
 #include <check.h>
 #include <netinet/in.h>
+#include <grp.h>
 #include <openssl/ssl.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "route.h"
+#include "user_map.h"
 
 /* The tests run in a fresh folder, so messages name "popgate.json" as given. */
 static char test_dir[] = "/tmp/popgate-test-config-XXXXXX";
@@ -48,19 +53,36 @@ static struct config *load_text(const char *text, char **errors_r)
 #define WITH_ROUTES(x)    "{" LISTENERS ", " UPSTREAMS ", 'routes': " x ", " STATE "}"
 #define WITH_STATE(x)     "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", 'state': " x "}"
 #define WITH_LIMITS(x)    "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", " STATE ", 'limits': " x "}"
+/* A good config with more top-level keys. */
+#define WITH_TOP(x) "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", " STATE ", " x "}"
+/* Two upstreams, for routes that pick between them. */
+#define UPSTREAMS2                                                                                 \
+    "'upstreams': {'imap1': {'host': '127.0.0.1'}, 'imap2': {'host': '127.0.0.1', 'port': 10143}}"
+#define WITH_ROUTES2(x) "{" LISTENERS ", " UPSTREAMS2 ", 'routes': " x ", " STATE "}"
+#define WITH_PROXIES(x) WITH_LISTENER("'proxy_protocol': true, 'trusted_proxies': " x)
 
 #define F        "popgate.json: "
 #define ONE      "popgate: 1 error in popgate.json\n"
 #define ERRORS_N "errors in popgate.json\n"
 #define FORMS    "(expected \"IPv4:port\" or \"[IPv6]:port\")"
 #define LISTENER_KEYS                                                                              \
-    "address, tls, cert, key, certificates, min_version, ciphers, security_level, plaintext_auth"
-#define UPSTREAM_KEYS "host, port, tls, verify, ca_file, verify_name, min_version"
-#define TLS_VALUES    "(allowed: \"none\", \"starttls\", \"implicit\")"
-#define VERSIONS      "(allowed: \"TLSv1\", \"TLSv1.1\", \"TLSv1.2\", \"TLSv1.3\")"
-#define TLS_ONLY      "only used with tls \"starttls\" or \"implicit\""
-#define UNUSED        TLS_ONLY " (tls is \"none\", so it would be unused)\n"
-#define CERTS_FORM    "(expected [{\"cert\": FILE, \"key\": FILE}, ...])"
+    "address, tls, cert, key, certificates, min_version, ciphers, security_level, "                \
+    "plaintext_auth, "                                                                             \
+    "proxy_protocol, trusted_proxies"
+#define UPSTREAM_KEYS "host, port, tls, verify, ca_file, verify_name, min_version, send_client_ip"
+#define ROOT_KEYS                                                                                  \
+    "listeners, upstreams, routes, state, limits, user_map, workers, user, group, "                \
+    "shutdown_timeout, log, admin"
+#define ROUTE_KEYS   "user, domain, match, default, upstream, login, lowercase"
+#define ONE_OF       "(a route has exactly one of \"user\", \"domain\", \"match\" and \"default\")"
+#define PLACEHOLDERS "(allowed: %u, %n, %d, %%)"
+#define CIDR_FORMS                                                                                 \
+    "(expected \"ADDRESS\" or \"ADDRESS/PREFIX\", as in \"192.0.2.0/24\" or \"2001:db8::/32\")"
+#define TLS_VALUES "(allowed: \"none\", \"starttls\", \"implicit\")"
+#define VERSIONS   "(allowed: \"TLSv1\", \"TLSv1.1\", \"TLSv1.2\", \"TLSv1.3\")"
+#define TLS_ONLY   "only used with tls \"starttls\" or \"implicit\""
+#define UNUSED     TLS_ONLY " (tls is \"none\", so it would be unused)\n"
+#define CERTS_FORM "(expected [{\"cert\": FILE, \"key\": FILE}, ...])"
 
 struct bad_case {
     const char *name;
@@ -92,7 +114,7 @@ static const struct bad_case bad_cases[] = {
     {"root missing routes", "{" LISTENERS ", " UPSTREAMS ", " STATE "}",
      F "missing required key \"routes\"\n" ONE},
     {"root unknown key", "{" LISTENERS ", " UPSTREAMS ", " ROUTES ", " STATE ", 'listener': 1}",
-     F "listener: unknown key (allowed: listeners, upstreams, routes, state, limits)\n" ONE},
+     F "listener: unknown key (allowed: " ROOT_KEYS ")\n" ONE},
 
     /* Listeners. */
     {"listeners object", WITH_LISTENERS("{}"),
@@ -300,11 +322,10 @@ static const struct bad_case bad_cases[] = {
      F "routes[0].default: expected true, got string \"yes\"\n" ONE},
     {"route default and user",
      WITH_ROUTES("[{'default': true, 'user': 'bob', 'upstream': 'main'}]"),
-     F "routes[0]: has both \"default\" and \"user\" (a route is {\"user\": NAME, \"upstream\": "
-       "NAME} or {\"default\": true, \"upstream\": NAME})\n" ONE},
+     F "routes[0]: has both \"user\" and \"default\" " ONE_OF "\n" ONE},
     {"route neither", WITH_ROUTES("[{'upstream': 'main'}]"),
-     F "routes[0]: needs \"user\" or \"default\" (a route is {\"user\": NAME, \"upstream\": NAME} "
-       "or {\"default\": true, \"upstream\": NAME})\n" ONE},
+     F "routes[0]: needs one of \"user\", \"domain\", \"match\" or \"default\" (as in "
+       "{\"domain\": \"example.com\", \"upstream\": NAME})\n" ONE},
     {"route no upstream", WITH_ROUTES("[{'default': true}]"),
      F "routes[0]: missing required key \"upstream\"\n" ONE},
     {"route user empty", WITH_ROUTES("[{'user': '', 'upstream': 'main'}]"),
@@ -314,8 +335,8 @@ static const struct bad_case bad_cases[] = {
     {"route user twice",
      WITH_ROUTES("[{'user': 'bob', 'upstream': 'main'}, {'user': 'bob', 'upstream': 'main'}]"),
      F "routes[1].user: a second route for \"bob\" (the first is routes[0])\n" ONE},
-    {"route unknown key", WITH_ROUTES("[{'default': true, 'upstream': 'main', 'login': 'x'}]"),
-     F "routes[0].login: unknown key (allowed: default, user, upstream)\n" ONE},
+    {"route unknown key", WITH_ROUTES("[{'default': true, 'upstream': 'main', 'users': 'x'}]"),
+     F "routes[0].users: unknown key (allowed: " ROUTE_KEYS ")\n" ONE},
     {"route without upstreams section", "{" LISTENERS ", " ROUTES ", " STATE "}",
      F "missing required key \"upstreams\"\n" ONE},
 
@@ -356,6 +377,216 @@ static const struct bad_case bad_cases[] = {
        "limits.max_bad_commands: must be between 1 and 1000, got 1001\n" F
        "limits.output_buffer: must be between 4096 and 16777216 bytes, got 16777217\n"
        "popgate: 4 " ERRORS_N},
+
+    /* How the process runs. */
+    {"workers 0", WITH_TOP("'workers': 0"), F "workers: must be between 1 and 256, got 0\n" ONE},
+    {"workers 257", WITH_TOP("'workers': 257"),
+     F "workers: must be between 1 and 256, got 257\n" ONE},
+    {"workers string", WITH_TOP("'workers': '4'"),
+     F "workers: expected an integer, got string \"4\"\n" ONE},
+    {"shutdown_timeout negative", WITH_TOP("'shutdown_timeout': -1"),
+     F "shutdown_timeout: must be between 0 and 3600 seconds, got -1\n" ONE},
+    {"shutdown_timeout 3601", WITH_TOP("'shutdown_timeout': 3601"),
+     F "shutdown_timeout: must be between 0 and 3600 seconds, got 3601\n" ONE},
+    {"shutdown_timeout real", WITH_TOP("'shutdown_timeout': 1.5"),
+     F "shutdown_timeout: expected an integer, got real 1.5\n" ONE},
+    {"log unknown", WITH_TOP("'log': 'file'"),
+     F "log: unknown value \"file\" (allowed: \"stderr\", \"syslog\")\n" ONE},
+    {"log boolean", WITH_TOP("'log': true"), F "log: expected a string, got true\n" ONE},
+    {"user unknown", WITH_TOP("'user': 'popgate-no-such-user'"),
+     F "user: unknown user \"popgate-no-such-user\"\n" ONE},
+    {"user empty", WITH_TOP("'user': ''"), F "user: must not be empty\n" ONE},
+    {"user uid", WITH_TOP("'user': 0"), F "user: expected a string, got integer 0\n" ONE},
+    {"group without user", WITH_TOP("'group': 'root'"),
+     F "group: only used with \"user\" (popgate changes its group only when it changes its "
+       "user)\n" ONE},
+    {"group unknown", WITH_TOP("'user': 'root', 'group': 'popgate-no-such-group'"),
+     F "group: unknown group \"popgate-no-such-group\"\n" ONE},
+    {"user and group unknown", WITH_TOP("'user': 'popgate-no-such-user', 'group': 'nope'"),
+     F "user: unknown user \"popgate-no-such-user\"\n" F "group: unknown group \"nope\"\n"
+       "popgate: 2 " ERRORS_N},
+    {"group array", WITH_TOP("'user': 'root', 'group': ['root']"),
+     F "group: expected a string, got an array\n" ONE},
+
+    /* The admin listener. */
+    {"admin string", WITH_TOP("'admin': '127.0.0.1:9110'"),
+     F "admin: expected an object, got string \"127.0.0.1:9110\"\n" ONE},
+    {"admin no address", WITH_TOP("'admin': {}"),
+     F "admin: missing required key \"address\"\n" ONE},
+    {"admin unknown key", WITH_TOP("'admin': {'address': '127.0.0.1:9110', 'tls': 'none'}"),
+     F "admin.tls: unknown key (allowed: address)\n" ONE},
+    {"admin host name", WITH_TOP("'admin': {'address': 'localhost:9110'}"),
+     F "admin.address: \"localhost:9110\": not a numeric IPv4 address (host names are not "
+       "allowed; expected \"IPv4:port\" or \"[IPv6]:port\")\n" ONE},
+    {"admin no port", WITH_TOP("'admin': {'address': '[::1]'}"),
+     F "admin.address: \"[::1]\": missing port " FORMS "\n" ONE},
+    {"admin on a POP3 listener", WITH_TOP("'admin': {'address': '127.0.0.1:01110'}"),
+     F "admin.address: \"127.0.0.1:01110\" is also the address of listeners[0] (the admin "
+       "listener needs an address of its own)\n" ONE},
+    {"admin wildcard over a POP3 listener", WITH_TOP("'admin': {'address': '0.0.0.0:1110'}"),
+     F "admin.address: \"0.0.0.0:1110\" overlaps listeners[0] \"127.0.0.1:1110\" (the admin "
+       "listener needs a port of its own)\n" ONE},
+    {"admin under a wildcard POP3 listener",
+     WITH_LISTENERS("[{'address': '[::1]:1110'}, {'address': '[::]:110'}], 'admin': {'address': "
+                    "'[::1]:110'}"),
+     F "admin.address: \"[::1]:110\" overlaps listeners[1] \"[::]:110\" (the admin listener "
+       "needs a port of its own)\n" ONE},
+
+    /* The user map file (its line errors are tested with real files below). */
+    {"user_map integer", WITH_TOP("'user_map': 1"),
+     F "user_map: expected a string, got integer 1\n" ONE},
+    {"user_map empty", WITH_TOP("'user_map': ''"), F "user_map: must not be empty\n" ONE},
+    {"user_map missing", WITH_TOP("'user_map': 'nope.map'"),
+     F "user_map: cannot read \"nope.map\": No such file or directory\n" ONE},
+    {"user_map is a folder", WITH_TOP("'user_map': '.'"),
+     F "user_map: cannot read \".\": Is a directory\n" ONE},
+    {"user_map without upstreams is not read",
+     "{" LISTENERS ", 'upstreams': {}, " ROUTES ", " STATE ", 'user_map': 'nope.map'}",
+     F
+     "upstreams: must define at least one upstream (expected {\"NAME\": {\"host\": HOST}})\n" ONE},
+
+    /* PROXY protocol. */
+    {"proxy_protocol string", WITH_LISTENER("'proxy_protocol': 'yes'"),
+     F "listeners[0].proxy_protocol: expected true or false, got string \"yes\"\n" ONE},
+    {"proxy_protocol without trusted_proxies", WITH_LISTENER("'proxy_protocol': true"),
+     F "listeners[0]: \"proxy_protocol\": true needs \"trusted_proxies\" (the addresses of the "
+       "load balancers that may send PROXY headers, as in [\"192.0.2.0/24\"])\n" ONE},
+    {"proxy_protocol with no trusted proxies", WITH_PROXIES("[]"),
+     F "listeners[0].trusted_proxies: must not be empty with \"proxy_protocol\": true (expected "
+       "the load balancers' addresses, as in [\"192.0.2.0/24\"])\n" ONE},
+    {"trusted_proxies without proxy_protocol", WITH_LISTENER("'trusted_proxies': ['10.0.0.0/8']"),
+     F "listeners[0].trusted_proxies: only used with \"proxy_protocol\": true (so it would be "
+       "unused)\n" ONE},
+    {"trusted_proxies with proxy_protocol false",
+     WITH_LISTENER("'proxy_protocol': false, 'trusted_proxies': []"),
+     F "listeners[0].trusted_proxies: only used with \"proxy_protocol\": true (so it would be "
+       "unused)\n" ONE},
+    {"trusted_proxies string", WITH_PROXIES("'10.0.0.0/8'"),
+     F "listeners[0].trusted_proxies: expected an array, got string \"10.0.0.0/8\"\n" ONE},
+    {"trusted_proxies entries",
+     WITH_PROXIES("[5, '', 'proxy.example', '10.0.0.0/33', '2001:db8::/129', '10.0.0.0/', "
+                  "'10.0.0.0/8x', '192.0.2.1/24', '2001:db8::1/32', '10.0.0.0/-1', '[::1]/128', "
+                  "'10.0.0.0/8', '10.0.0.0/0099999999999999', '0.0.0.1/0']"),
+     F
+     "listeners[0].trusted_proxies[0]: expected a string, got integer 5\n" F
+     "listeners[0].trusted_proxies[1]: must not be empty " CIDR_FORMS "\n" F
+     "listeners[0].trusted_proxies[2]: \"proxy.example\": not a numeric IPv4 or IPv6 "
+     "address " CIDR_FORMS "\n" F
+     "listeners[0].trusted_proxies[3]: \"10.0.0.0/33\": prefix length must be between 0 and 32 "
+     "for IPv4, got 33\n" F
+     "listeners[0].trusted_proxies[4]: \"2001:db8::/129\": prefix length must be between 0 and "
+     "128 for IPv6, got 129\n" F
+     "listeners[0].trusted_proxies[5]: \"10.0.0.0/\": missing prefix length after \"/\" " CIDR_FORMS
+     "\n" F "listeners[0].trusted_proxies[6]: \"10.0.0.0/8x\": prefix length \"8x\" is not a "
+     "number " CIDR_FORMS "\n" F
+     "listeners[0].trusted_proxies[7]: \"192.0.2.1/24\": has bits set after the /24 prefix "
+     "(did you mean \"192.0.2.0/24\"?)\n" F
+     "listeners[0].trusted_proxies[8]: \"2001:db8::1/32\": has bits set after the /32 prefix "
+     "(did you mean \"2001:db8::/32\"?)\n" F
+     "listeners[0].trusted_proxies[9]: \"10.0.0.0/-1\": prefix length \"-1\" is not a "
+     "number " CIDR_FORMS "\n" F
+     "listeners[0].trusted_proxies[10]: \"[::1]/128\": not a numeric IPv4 or IPv6 "
+     "address " CIDR_FORMS "\n" F
+     "listeners[0].trusted_proxies[12]: \"10.0.0.0/0099999999999999\": prefix length must be "
+     "between 0 and 32 for IPv4, got 009999999999...\n" F
+     "listeners[0].trusted_proxies[13]: \"0.0.0.1/0\": has bits set after the /0 prefix (did "
+     "you mean \"0.0.0.0/0\"?)\n"
+     "popgate: 13 " ERRORS_N},
+
+    /* send_client_ip. */
+    {"send_client_ip integer", WITH_MAIN("{'host': '127.0.0.1', 'send_client_ip': 1}"),
+     F "upstreams.main.send_client_ip: expected true or false, got integer 1\n" ONE},
+
+    /* Route selectors. */
+    {"route user and domain",
+     WITH_ROUTES("[{'user': 'bob', 'domain': 'x.org', 'upstream': 'main'}]"),
+     F "routes[0]: has both \"user\" and \"domain\" " ONE_OF "\n" ONE},
+    {"route three selectors",
+     WITH_ROUTES("[{'default': true, 'match': '*', 'domain': 'x.org', 'upstream': 'main'}]"),
+     F "routes[0]: has \"domain\", \"match\" and \"default\" " ONE_OF "\n" ONE},
+    {"route four selectors",
+     WITH_ROUTES("[{'default': true, 'match': '*', 'domain': 'x.org', 'user': 'bob', "
+                 "'upstream': 'main'}]"),
+     F "routes[0]: has \"user\", \"domain\", \"match\" and \"default\" " ONE_OF "\n" ONE},
+    {"route domain with @", WITH_ROUTES("[{'domain': '@example.com', 'upstream': 'main'}]"),
+     F "routes[0].domain: \"@example.com\" must not contain \"@\" (the domain is what follows the "
+       "last \"@\" of a user name, as in \"example.com\")\n" ONE},
+    {"route domain wildcard", WITH_ROUTES("[{'domain': '*.example.com', 'upstream': 'main'}]"),
+     F "routes[0].domain: \"*.example.com\" must not contain \"*\" or \"?\" (for a pattern use "
+       "\"match\", as in {\"match\": \"*@*.example.com\"})\n" ONE},
+    {"route domain empty", WITH_ROUTES("[{'domain': '', 'upstream': 'main'}]"),
+     F "routes[0].domain: must not be empty\n" ONE},
+    {"route domain true", WITH_ROUTES("[{'domain': true, 'upstream': 'main'}]"),
+     F "routes[0].domain: expected a string, got true\n" ONE},
+    {"route match empty", WITH_ROUTES("[{'match': '', 'upstream': 'main'}]"),
+     F "routes[0].match: must not be empty\n" ONE},
+    {"route match array", WITH_ROUTES("[{'match': ['*'], 'upstream': 'main'}]"),
+     F "routes[0].match: expected a string, got an array\n" ONE},
+    {"route user twice in another case",
+     WITH_ROUTES("[{'user': 'Bob@Example.com', 'upstream': 'main'}, {'default': true, "
+                 "'upstream': 'main'}, {'user': 'bob@example.COM', 'upstream': 'main'}]"),
+     F "routes[2].user: a second route for \"bob@example.COM\" (the first is routes[0])\n" ONE},
+    {"route domain twice in another case",
+     WITH_ROUTES("[{'domain': 'example.com', 'upstream': 'main'}, {'domain': 'example.org', "
+                 "'upstream': 'main'}, {'domain': 'EXAMPLE.com', 'upstream': 'main'}]"),
+     F "routes[2].domain: a second route for \"EXAMPLE.com\" (the first is routes[0])\n" ONE},
+    {"route domain unknown upstream",
+     WITH_ROUTES2("[{'domain': 'example.com', 'upstream': 'imap3'}]"),
+     F "routes[0].upstream: unknown upstream \"imap3\" (defined: imap1, imap2)\n" ONE},
+
+    /* Login templates. */
+    {"route login unknown placeholder",
+     WITH_ROUTES("[{'default': true, 'upstream': 'main'}, {'match': '*', 'upstream': 'main'}, "
+                 "{'domain': 'corp', 'login': '%x@corp', 'upstream': 'main'}]"),
+     F "routes[2].login: unknown placeholder \"%x\" in \"%x@corp\" " PLACEHOLDERS "\n" ONE},
+    {"route login upper-case placeholder",
+     WITH_ROUTES("[{'default': true, 'login': '%U', 'upstream': 'main'}]"),
+     F "routes[0].login: unknown placeholder \"%U\" in \"%U\" " PLACEHOLDERS "\n" ONE},
+    {"route login lone percent",
+     WITH_ROUTES("[{'default': true, 'login': '%u%', 'upstream': 'main'}]"),
+     F "routes[0].login: \"%u%\" ends in a lone \"%\" " PLACEHOLDERS "\n" ONE},
+    {"route login percent before a UTF-8 character",
+     WITH_ROUTES("[{'default': true, 'login': '%\xc3\xa9t\xc3\xa9', 'upstream': 'main'}]"),
+     F "routes[0].login: unknown placeholder \"%\xc3\xa9\" in \"%\xc3\xa9t\xc3\xa9\" " PLACEHOLDERS
+       "\n" ONE},
+    {"route login percent before a control byte",
+     WITH_ROUTES("[{'default': true, 'login': '%\\u0001', 'upstream': 'main'}]"),
+     F "routes[0].login: unknown placeholder \"%\\x01\" in \"%\\x01\" " PLACEHOLDERS "\n" ONE},
+    {"route login empty", WITH_ROUTES("[{'default': true, 'login': '', 'upstream': 'main'}]"),
+     F "routes[0].login: must not be empty\n" ONE},
+    {"route login integer", WITH_ROUTES("[{'default': true, 'login': 1, 'upstream': 'main'}]"),
+     F "routes[0].login: expected a string, got integer 1\n" ONE},
+    {"route lowercase string",
+     WITH_ROUTES("[{'default': true, 'lowercase': 'yes', 'upstream': 'main'}]"),
+     F "routes[0].lowercase: expected true or false, got string \"yes\"\n" ONE},
+
+    /* Every new key wrong at once, each reported. */
+    {"several operator errors",
+     "{'listeners': [{'address': '127.0.0.1:1110', 'proxy_protocol': true}, {'address': "
+     "'127.0.0.1:1111', 'trusted_proxies': ['10.0.0.1/8']}], 'upstreams': {'imap1': {'host': "
+     "'127.0.0.1', 'send_client_ip': 'yes'}}, 'routes': [{'domain': 'a@b', 'upstream': "
+     "'imap1'}, {'match': '*', 'login': '%s', 'upstream': 'imap1'}, {'user': 'x', 'default': "
+     "true, 'upstream': 'imap1'}], " STATE ", 'workers': 0, 'group': 'root', "
+     "'shutdown_timeout': 7200, 'log': 'syslog', 'admin': {'address': '127.0.0.1:1111'}, "
+     "'user_map': 'missing.map'}",
+     F "listeners[0]: \"proxy_protocol\": true needs \"trusted_proxies\" (the addresses of the "
+       "load balancers that may send PROXY headers, as in [\"192.0.2.0/24\"])\n" F
+       "listeners[1].trusted_proxies[0]: \"10.0.0.1/8\": has bits set after the /8 prefix (did "
+       "you mean \"10.0.0.0/8\"?)\n" F
+       "listeners[1].trusted_proxies: only used with \"proxy_protocol\": true (so it would be "
+       "unused)\n" F "upstreams.imap1.send_client_ip: expected true or false, got string "
+       "\"yes\"\n" F
+       "routes[0].domain: \"a@b\" must not contain \"@\" (the domain is what follows the last "
+       "\"@\" of a user name, as in \"example.com\")\n" F
+       "routes[1].login: unknown placeholder \"%s\" in \"%s\" " PLACEHOLDERS "\n" F
+       "routes[2]: has both \"user\" and \"default\" " ONE_OF "\n" F
+       "workers: must be between 1 and 256, got 0\n" F
+       "group: only used with \"user\" (popgate changes its group only when it changes its "
+       "user)\n" F "shutdown_timeout: must be between 0 and 3600 seconds, got 7200\n" F
+       "admin.address: \"127.0.0.1:1111\" is also the address of listeners[1] (the admin "
+       "listener needs an address of its own)\n" F
+       "user_map: cannot read \"missing.map\": No such file or directory\n"
+       "popgate: 12 " ERRORS_N},
 
     /* Long values are cut, so one line stays one readable line. */
     {"long value cut",
@@ -479,6 +710,9 @@ START_TEST(test_defaults)
     ck_assert_int_eq(l->security_level, -1);
     ck_assert_int_eq(l->plaintext_auth, CONFIG_PLAINTEXT_LOOPBACK);
     ck_assert_ptr_null(l->tls_ctx);
+    ck_assert(!l->proxy_protocol);
+    ck_assert_ptr_null(l->trusted_proxies);
+    ck_assert_uint_eq(l->ntrusted_proxies, 0);
 
     ck_assert_uint_eq(cfg->nupstreams, 1);
     const struct config_upstream *u = &cfg->upstreams[0];
@@ -491,6 +725,7 @@ START_TEST(test_defaults)
     ck_assert_ptr_null(u->verify_name);
     ck_assert_int_eq(u->min_version, TLS1_2_VERSION);
     ck_assert_ptr_null(u->tls_ctx);
+    ck_assert(!u->send_client_ip);
     ck_assert_uint_eq(u->naddrs, 1);
     ck_assert_uint_eq(u->addr_lens[0], sizeof(struct sockaddr_in));
     const struct sockaddr_in *usin = (const struct sockaddr_in *)&u->addrs[0];
@@ -503,8 +738,23 @@ START_TEST(test_defaults)
     ck_assert_ptr_null(cfg->routes[0].user);
     ck_assert_str_eq(cfg->routes[0].upstream_name, "main");
     ck_assert_ptr_eq(cfg->routes[0].upstream, u);
+    ck_assert_ptr_null(cfg->routes[0].domain);
+    ck_assert_ptr_null(cfg->routes[0].match);
+    ck_assert_ptr_null(cfg->routes[0].login);
+    ck_assert(!cfg->routes[0].lowercase);
 
     ck_assert_str_eq(cfg->state_dir, "/var/lib/popgate");
+
+    /* One worker per online CPU, within 1..256. */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    ck_assert_uint_eq(cfg->workers, cpus < 1 ? 1 : cpus > 256 ? 256 : (unsigned)cpus);
+    ck_assert_ptr_null(cfg->run_user);
+    ck_assert_ptr_null(cfg->run_group);
+    ck_assert_uint_eq(cfg->shutdown_timeout, 30);
+    ck_assert_int_eq(cfg->log, CONFIG_LOG_STDERR);
+    ck_assert_ptr_null(cfg->admin);
+    ck_assert_ptr_null(cfg->user_map_path);
+    ck_assert_ptr_null(cfg->user_map);
 
     ck_assert_uint_eq(cfg->limits.connect_timeout, 10);
     ck_assert_uint_eq(cfg->limits.command_timeout, 60);
@@ -580,6 +830,311 @@ START_TEST(test_full_config)
     ck_assert_uint_eq(cfg->limits.max_bad_commands, 1000);
     ck_assert_uint_eq(cfg->limits.output_buffer, 16777216);
     config_free(&cfg);
+}
+END_TEST
+
+/* Every key of issue 4 set, on the values an ISP would write. */
+START_TEST(test_operator_config)
+{
+    FILE *f = fopen("users.map", "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("# user upstream [login]\nalice@example.com imap2\nBob@Example.COM imap1 bob.smith\n", f);
+    ck_assert_int_eq(fclose(f), 0);
+    char *errors = NULL;
+    struct config *cfg = load_text(
+        "{\n"
+        "  'listeners': [\n"
+        "    {'address': '0.0.0.0:110', 'proxy_protocol': true,\n"
+        "     'trusted_proxies': ['192.0.2.0/24', '10.0.0.1', '2001:db8::/32', '::1',\n"
+        "                         '0.0.0.0/0', '::/0']},\n"
+        "    {'address': '[::]:1110', 'proxy_protocol': false}\n"
+        "  ],\n"
+        "  " UPSTREAMS2 ",\n"
+        "  'routes': [\n"
+        "    {'user': 'carol@example.com', 'upstream': 'imap2', 'login': 'carol'},\n"
+        "    {'domain': 'example.net', 'upstream': 'imap2', 'login': '%n', 'lowercase': true},\n"
+        "    {'match': '*@*.example.org', 'upstream': 'imap1', 'login': '%n+%d%%'},\n"
+        "    {'match': '*@*.example.org', 'upstream': 'imap2'},\n"
+        "    {'default': true, 'upstream': 'imap1', 'lowercase': false}\n"
+        "  ],\n"
+        "  'state': {'dir': 'state'},\n"
+        "  'workers': 4, 'user': 'nobody', 'shutdown_timeout': 0, 'log': 'syslog',\n"
+        "  'admin': {'address': '127.0.0.1:1110'}, 'user_map': 'users.map'\n"
+        "}\n",
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+
+    ck_assert_uint_eq(cfg->workers, 4);
+    struct passwd *pw = getpwnam("nobody");
+    ck_assert_ptr_nonnull(pw);
+    ck_assert_str_eq(cfg->run_user, "nobody");
+    ck_assert_ptr_null(cfg->run_group);
+    ck_assert_uint_eq(cfg->uid, pw->pw_uid);
+    /* Without "group", the user's primary group. */
+    ck_assert_uint_eq(cfg->gid, pw->pw_gid);
+    ck_assert_uint_eq(cfg->shutdown_timeout, 0);
+    ck_assert_int_eq(cfg->log, CONFIG_LOG_SYSLOG);
+
+    /* The admin address may share a port with a listener of the other family (both set
+     * IPV6_V6ONLY). */
+    ck_assert_ptr_nonnull(cfg->admin);
+    ck_assert_str_eq(cfg->admin->address_text, "127.0.0.1:1110");
+    ck_assert_uint_eq(cfg->admin->addr_len, sizeof(struct sockaddr_in));
+    ck_assert_uint_eq(ntohs(((const struct sockaddr_in *)&cfg->admin->addr)->sin_port), 1110);
+    ck_assert_int_eq(cfg->admin->tls, CONFIG_TLS_NONE);
+
+    const struct config_listener *l = &cfg->listeners[0];
+    ck_assert(l->proxy_protocol);
+    ck_assert_uint_eq(l->ntrusted_proxies, 6);
+    static const struct {
+        int family;
+        const char *addr;
+        unsigned prefix;
+    } want[] = {{AF_INET, "192.0.2.0", 24}, {AF_INET, "10.0.0.1", 32}, {AF_INET6, "2001:db8::", 32},
+                {AF_INET6, "::1", 128},     {AF_INET, "0.0.0.0", 0},   {AF_INET6, "::", 0}};
+    for (size_t i = 0; i < 6; i++) {
+        unsigned char addr[16] = {0};
+        ck_assert_int_eq(inet_pton(want[i].family, want[i].addr, addr), 1);
+        ck_assert_int_eq(l->trusted_proxies[i].family, want[i].family);
+        ck_assert_uint_eq(l->trusted_proxies[i].prefix, want[i].prefix);
+        ck_assert_mem_eq(l->trusted_proxies[i].addr, addr, 16);
+    }
+    ck_assert(!cfg->listeners[1].proxy_protocol);
+    ck_assert_uint_eq(cfg->listeners[1].ntrusted_proxies, 0);
+
+    const struct config_upstream *imap1 = config_upstream_find(cfg, "imap1");
+    const struct config_upstream *imap2 = config_upstream_find(cfg, "imap2");
+    ck_assert_uint_eq(cfg->nroutes, 5);
+    ck_assert_str_eq(cfg->routes[0].user, "carol@example.com");
+    ck_assert_str_eq(cfg->routes[0].login, "carol");
+    ck_assert_str_eq(cfg->routes[1].domain, "example.net");
+    ck_assert(cfg->routes[1].lowercase);
+    ck_assert_str_eq(cfg->routes[2].match, "*@*.example.org");
+    ck_assert_str_eq(cfg->routes[2].login, "%n+%d%%");
+    ck_assert_ptr_eq(cfg->routes[3].upstream, imap2);
+    ck_assert(cfg->routes[4].is_default);
+    ck_assert(!cfg->routes[4].lowercase);
+
+    ck_assert_str_eq(cfg->user_map_path, "users.map");
+    ck_assert_ptr_nonnull(cfg->user_map);
+    ck_assert_uint_eq(user_map_count(cfg->user_map), 2);
+    const struct user_map_entry *e = user_map_find(cfg->user_map, "bob@example.com", 15);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_ptr_eq(e->upstream, imap1);
+    ck_assert_str_eq(e->login, "bob.smith");
+
+    /* The loaded config routes as route.h says. */
+    struct route_result r;
+    ck_assert_int_eq(route_resolve(cfg, "BOB@example.com", 15, &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_USER_MAP);
+    ck_assert_str_eq(r.login, "bob.smith");
+    ck_assert_int_eq(route_resolve(cfg, "Dave@EXAMPLE.net", 16, &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_DOMAIN);
+    ck_assert_ptr_eq(r.upstream, imap2);
+    ck_assert_str_eq(r.login, "dave");
+    ck_assert_int_eq(route_resolve(cfg, "eve@mx.example.org", 18, &r), 0);
+    ck_assert_ptr_eq(r.route, &cfg->routes[2]);
+    ck_assert_str_eq(r.login, "eve+mx.example.org%");
+    unlink("users.map");
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_run_as_group)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(WITH_TOP("'user': 'root', 'group': 'nogroup'"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    struct group *gr = getgrnam("nogroup");
+    ck_assert_ptr_nonnull(gr);
+    ck_assert_str_eq(cfg->run_user, "root");
+    ck_assert_str_eq(cfg->run_group, "nogroup");
+    ck_assert_uint_eq(cfg->uid, 0);
+    ck_assert_uint_eq(cfg->gid, gr->gr_gid);
+    config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_workers_and_timeout_bounds)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(WITH_TOP("'workers': 256, 'shutdown_timeout': 3600"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_uint_eq(cfg->workers, 256);
+    ck_assert_uint_eq(cfg->shutdown_timeout, 3600);
+    config_free(&cfg);
+    cfg = load_text(WITH_TOP("'workers': 1, 'log': 'stderr'"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_uint_eq(cfg->workers, 1);
+    ck_assert_int_eq(cfg->log, CONFIG_LOG_STDERR);
+    config_free(&cfg);
+}
+END_TEST
+
+/* A template whose own text is longer than any login can be. */
+START_TEST(test_login_template_too_long)
+{
+    char json[2048];
+    char tmpl[ROUTE_LOGIN_MAX + 2];
+    memset(tmpl, 'a', ROUTE_LOGIN_MAX + 1);
+    tmpl[ROUTE_LOGIN_MAX + 1] = '\0';
+    snprintf(json, sizeof(json),
+             WITH_ROUTES("[{'default': true, 'login': '%s', 'upstream': 'main'}]"), tmpl);
+    char *errors = NULL;
+    ck_assert_ptr_null(load_text(json, &errors));
+    ck_assert_str_eq(errors, F "routes[0].login: must be at most 512 bytes, got 513\n" ONE);
+    free(errors);
+    /* At the limit it loads. */
+    tmpl[ROUTE_LOGIN_MAX] = '\0';
+    snprintf(json, sizeof(json),
+             WITH_ROUTES("[{'default': true, 'login': '%s', 'upstream': 'main'}]"), tmpl);
+    struct config *cfg = load_text(json, &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    config_free(&cfg);
+}
+END_TEST
+
+/* A duplicate glob is not an error: the first in file order wins, as documented. */
+START_TEST(test_duplicate_match_allowed)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(
+        WITH_ROUTES("[{'match': '*@x', 'upstream': 'main'}, {'match': '*@X', 'upstream': 'main'}]"),
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    config_free(&cfg);
+}
+END_TEST
+
+/* The user map's errors come as lines of the map file, counted in the total. */
+START_TEST(test_user_map_errors)
+{
+    FILE *f = fopen("users.map", "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("alice imap1\n"
+          "bob imap9\n"
+          "carol\n"
+          "ALICE imap2\n",
+          f);
+    ck_assert_int_eq(fclose(f), 0);
+    char *errors = NULL;
+    ck_assert_ptr_null(load_text(WITH_ROUTES2("[{'default': true, 'upstream': 'imap1'}], "
+                                              "'workers': 0, 'user_map': 'users.map'"),
+                                 &errors));
+    ck_assert_str_eq(errors, F "workers: must be between 1 and 256, got 0\n"
+                               "users.map:2: unknown upstream \"imap9\" (defined: imap1, imap2)\n"
+                               "users.map:3: missing upstream column (expected \"USER UPSTREAM "
+                               "[LOGIN]\")\n"
+                               "users.map:4: duplicate user \"ALICE\" (the first is on line 1)\n"
+                               "popgate: 4 " ERRORS_N);
+    free(errors);
+
+    /* Past 20 lines, one more line says how many were left out; the total counts them. */
+    f = fopen("users.map", "w");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 1; i <= 25; i++)
+        fprintf(f, "user%d imap9\n", i);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_ptr_null(
+        load_text(WITH_ROUTES2("[{'default': true, 'upstream': 'imap1'}], 'user_map': 'users.map'"),
+                  &errors));
+    unsigned lines = 0;
+    for (const char *p = errors; *p != '\0'; p++)
+        lines += *p == '\n';
+    ck_assert_uint_eq(lines, 22);
+    ck_assert_ptr_nonnull(strstr(errors, "users.map:20: unknown upstream \"imap9\""));
+    ck_assert_ptr_null(strstr(errors, "users.map:21:"));
+    ck_assert_ptr_nonnull(strstr(errors, "\nusers.map: 5 more errors\npopgate: 25 " ERRORS_N));
+    free(errors);
+    unlink("users.map");
+}
+END_TEST
+
+static bool cidr_match_text(const struct config_cidr *blocks, size_t n, const char *addr)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+    } else {
+        ck_assert_int_eq(inet_pton(AF_INET6, addr, &sin6->sin6_addr), 1);
+        sin6->sin6_family = AF_INET6;
+    }
+    return config_cidr_match(blocks, n, (const struct sockaddr *)&ss);
+}
+
+START_TEST(test_cidr_match)
+{
+    char *errors = NULL;
+    struct config *cfg = load_text(
+        WITH_LISTENER("'proxy_protocol': true, 'trusted_proxies': ['192.0.2.0/24', "
+                      "'10.0.0.1', '2001:db8::/32', '::1', '198.51.100.128/25', '172.16.0.0/12']"),
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    const struct config_cidr *b = cfg->listeners[0].trusted_proxies;
+    size_t n = cfg->listeners[0].ntrusted_proxies;
+    ck_assert_uint_eq(n, 6);
+    static const struct {
+        const char *addr;
+        bool in;
+    } cases[] = {
+        {"192.0.2.0", true},
+        {"192.0.2.255", true},
+        {"192.0.3.0", false},
+        {"192.0.1.255", false},
+        {"10.0.0.1", true},
+        {"10.0.0.2", false},
+        {"198.51.100.128", true},
+        {"198.51.100.127", false},
+        {"172.31.255.255", true},
+        {"172.32.0.0", false},
+        {"172.15.255.255", false},
+        {"2001:db8::1", true},
+        {"2001:db8:ffff:ffff::", true},
+        {"2001:db9::", false},
+        {"::1", true},
+        {"::2", false},
+        /* A dual-stack socket reports IPv4 clients v4-mapped: they match IPv4 blocks. */
+        {"::ffff:192.0.2.7", true},
+        {"::ffff:10.0.0.1", true},
+        {"::ffff:10.0.0.2", false},
+        /* An IPv4 address in IPv6 form that is not v4-mapped is another address. */
+        {"::192.0.2.7", false},
+        {"64:ff9b::192.0.2.7", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ck_assert_msg(cidr_match_text(b, n, cases[i].addr) == cases[i].in, "%s: expected %s",
+                      cases[i].addr, cases[i].in ? "in" : "out");
+    config_free(&cfg);
+
+    /* A v4-mapped IPv6 block also holds plain IPv4 peers; ::/0 holds every peer. */
+    cfg = load_text(WITH_LISTENER("'proxy_protocol': true, 'trusted_proxies': "
+                                  "['::ffff:192.0.2.0/120']"),
+                    &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    b = cfg->listeners[0].trusted_proxies;
+    ck_assert(cidr_match_text(b, 1, "192.0.2.9"));
+    ck_assert(cidr_match_text(b, 1, "::ffff:192.0.2.9"));
+    ck_assert(!cidr_match_text(b, 1, "192.0.3.9"));
+    config_free(&cfg);
+    cfg = load_text(WITH_LISTENER("'proxy_protocol': true, 'trusted_proxies': ['::/0']"), &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    b = cfg->listeners[0].trusted_proxies;
+    ck_assert(cidr_match_text(b, 1, "203.0.113.1"));
+    ck_assert(cidr_match_text(b, 1, "2001:db8::5"));
+    config_free(&cfg);
+
+    /* Nothing matches nothing; other families never match. */
+    struct config_cidr all4 = {.family = AF_INET, .prefix = 0};
+    ck_assert(cidr_match_text(&all4, 1, "203.0.113.1"));
+    ck_assert(!cidr_match_text(&all4, 0, "203.0.113.1"));
+    ck_assert(!cidr_match_text(&all4, 1, "2001:db8::5"));
+    struct sockaddr un = {.sa_family = AF_UNIX};
+    ck_assert(!config_cidr_match(&all4, 1, &un));
+    ck_assert(!config_cidr_match(&all4, 1, NULL));
+    ck_assert(!config_cidr_match(NULL, 0, &un));
 }
 END_TEST
 
@@ -893,6 +1448,13 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_full_config);
     tcase_add_test(tc, test_partial_limits);
+    tcase_add_test(tc, test_operator_config);
+    tcase_add_test(tc, test_run_as_group);
+    tcase_add_test(tc, test_workers_and_timeout_bounds);
+    tcase_add_test(tc, test_login_template_too_long);
+    tcase_add_test(tc, test_duplicate_match_allowed);
+    tcase_add_test(tc, test_user_map_errors);
+    tcase_add_test(tc, test_cidr_match);
     tcase_add_test(tc, test_localhost_resolves);
     tcase_add_test(tc, test_upstream_names);
     suite_add_tcase(s, tc);

@@ -1,0 +1,86 @@
+/* A worker process: accepts on the shared listening sockets and runs sessions. */
+#include "worker.h"
+
+#include <signal.h>
+#include <stdlib.h>
+
+#include "listener.h"
+#include "log.h"
+#include "reaper.h"
+#include "session.h"
+
+/* How often a draining worker looks whether its last session has ended. */
+#define WORKER_DRAIN_POLL 0.1
+
+static struct listener **listeners;
+static size_t nlisteners;
+static ev_signal sigterm_w, sigint_w;
+static ev_timer drain_w, deadline_w;
+static const struct config *worker_cfg;
+
+static void stop_listening(void)
+{
+    for (size_t i = 0; i < nlisteners; i++)
+        listener_free(&listeners[i]);
+}
+
+static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    if (session_count() == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    log_line(LOG_INFO, "event=shutdown_timeout sessions=%u", session_count());
+    session_close_all("shutdown");
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    if (ev_is_active(&drain_w))
+        return; /* already draining */
+    log_line(LOG_INFO, "event=worker_stopping signal=%d sessions=%u timeout=%u", w->signum,
+             session_count(), worker_cfg->shutdown_timeout);
+    stop_listening();
+    ev_timer_init(&drain_w, drain_cb, 0, WORKER_DRAIN_POLL);
+    ev_timer_start(loop, &drain_w);
+    ev_timer_init(&deadline_w, deadline_cb, (ev_tstamp)worker_cfg->shutdown_timeout, 0);
+    ev_timer_start(loop, &deadline_w);
+}
+
+int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen_fds)
+{
+    worker_cfg = cfg;
+    /* SIGHUP is the master's: a worker keeps its config until it is replaced. */
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    reaper_init(loop);
+    listeners = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*listeners));
+    if (listeners == NULL)
+        return 1;
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        listeners[i] = listener_attach(loop, cfg, &cfg->listeners[i], listen_fds[i]);
+        if (listeners[i] == NULL)
+            return 1;
+        nlisteners++;
+    }
+    ev_signal_init(&sigterm_w, stop_cb, SIGTERM);
+    ev_signal_init(&sigint_w, stop_cb, SIGINT);
+    ev_signal_start(loop, &sigterm_w);
+    ev_signal_start(loop, &sigint_w);
+
+    ev_run(loop, 0);
+
+    stop_listening();
+    session_close_all("shutdown");
+    reaper_run();
+    free(listeners);
+    return 0;
+}
