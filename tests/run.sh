@@ -111,6 +111,11 @@ integration_tests() {
     return "$rc"
 }
 
+fuzz_smoke() {
+    # every libFuzzer target briefly, so none rots; long runs: FUZZ_SECONDS=1800 tests/fuzz/run.sh
+    FUZZ_SECONDS=${FUZZ_SECONDS:-10} ./tests/fuzz/run.sh
+}
+
 memory_test() {
     [ "$release_ok" = 1 ] || { echo "not run: build/release failed"; return 1; }
     POPGATE_RELEASE_BIN="$ROOT/build/release/popgate" \
@@ -128,6 +133,7 @@ run_group "unit tests (ctest, asan)" unit_tests
 run_group "clang-format" format_check
 run_group "integration tests (Dovecot, asan popgate)" integration_tests
 run_group "memory test (release popgate, 200 MB message)" memory_test
+run_group "fuzz smoke (libFuzzer, every target)" fuzz_smoke
 
 summary
 [ "$failed" -eq 0 ]

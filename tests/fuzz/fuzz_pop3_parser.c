@@ -17,6 +17,8 @@ static void log_add(struct log *l, const void *s, size_t len)
 {
     if (len > FUZZ_LOG_MAX - l->len)
         len = FUZZ_LOG_MAX - l->len;
+    if (len == 0)
+        return; /* an empty slice may have a NULL pointer */
     memcpy(l->p + l->len, s, len);
     l->len += len;
 }
