@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -225,6 +226,19 @@ static int *bind_listeners(const struct config *cfg, const struct config *old, i
     return fds;
 }
 
+/* The state folder must exist and belong to the workers' user before they drop to it. */
+static void prepare_state_dir(const struct config *cfg)
+{
+    if (mkdir(cfg->state_dir, 0700) < 0 && errno != EEXIST) {
+        log_line(LOG_ERROR, "event=state_dir_failed dir=%s reason=\"%s\"", cfg->state_dir,
+                 strerror(errno));
+        return;
+    }
+    if (cfg->run_user != NULL && geteuid() == 0 && chown(cfg->state_dir, cfg->uid, cfg->gid) < 0)
+        log_line(LOG_WARN, "event=state_dir_chown_failed dir=%s reason=\"%s\"", cfg->state_dir,
+                 strerror(errno));
+}
+
 static int open_admin(const struct config *cfg)
 {
     if (cfg->admin == NULL)
@@ -296,6 +310,7 @@ static void reload(void)
         }
     }
     generation++;
+    prepare_state_dir(current);
     spawn_missing();
     metrics_config_reload(true);
     log_line(LOG_INFO, "event=reloaded config=%s workers=%u generation=%u", config_path,
@@ -375,6 +390,7 @@ int master_run(const char *path, struct config *cfg)
 
     log_line(LOG_INFO, "event=started version=%s config=%s workers=%u", POPGATE_VERSION, path,
              cfg->workers);
+    prepare_state_dir(cfg);
     spawn_missing();
     ev_run(loop, 0);
 

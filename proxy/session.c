@@ -107,6 +107,9 @@ static void session_free_cb(void *p)
     pop3_parser_free(&s->parser);
     buffer_free(&s->in);
     buffer_free(&s->out);
+    free(s->uidl_arena);
+    free(s->uidl_offsets);
+    free(s->fixes);
     if (s->user != NULL) {
         explicit_bzero(s->user, s->user_len);
         free(s->user);
@@ -128,6 +131,7 @@ void session_close(struct session *s, const char *result)
     conn_close(&s->client);
     if (s->up != NULL)
         upstream_close(s->up);
+    session_state_end(s);
     session_log(s, "event=session_end result=%s retr=%u retr_bytes=%llu deleted=%u duration=%.3f",
                 s->result, s->retr_count, (unsigned long long)s->retr_bytes, s->deleted_count,
                 ev_now(s->loop) - s->started);

@@ -354,21 +354,40 @@ void session_drop_upstream(struct session *s)
     }
 }
 
-static void login_done(struct session *s, enum upstream_status st, const char *detail)
+void session_login_ready(struct session *s)
+{
+    s->state = SESSION_TRANSACTION;
+    uint32_t count;
+    uint64_t octets;
+    maildrop_stat(s->md, &count, &octets);
+    session_log(s, "event=login messages=%u octets=%llu uidvalidity=%u", count,
+                (unsigned long long)octets, maildrop_uidvalidity(s->md));
+    metrics_login(METRICS_LOGIN_OK, ev_now(s->loop) - s->login_started);
+    session_replyf(s, true, NULL, "Logged in, %u messages (%llu octets)", count,
+                   (unsigned long long)octets);
+    session_job_done(s);
+}
+
+void session_login_refused(struct session *s, const char *code, const char *text)
+{
+    maildrop_free(&s->md);
+    session_drop_upstream(s);
+    metrics_login(METRICS_LOGIN_TEMP_FAILED, ev_now(s->loop) - s->login_started);
+    clear_user(s);
+    s->upstream_cfg = NULL;
+    session_reply(s, false, code, text);
+    session_job_done(s);
+}
+
+/* Returns true when the login is over (answered), false while the state loads. */
+static bool login_done(struct session *s, enum upstream_status st, const char *detail)
 {
     double took = ev_now(s->loop) - s->login_started;
     if (st == UPSTREAM_OK) {
-        metrics_login(METRICS_LOGIN_OK, took);
         s->md = upstream_take_maildrop(s->up);
-        s->state = SESSION_TRANSACTION;
-        uint32_t count;
-        uint64_t octets;
-        maildrop_stat(s->md, &count, &octets);
-        session_log(s, "event=login messages=%u octets=%llu uidvalidity=%u", count,
-                    (unsigned long long)octets, maildrop_uidvalidity(s->md));
-        session_replyf(s, true, NULL, "Logged in, %u messages (%llu octets)", count,
-                       (unsigned long long)octets);
-        return;
+        if (session_state_login(s) < 0)
+            session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        return false; /* the state job, or the refusal, ends the login */
     }
     session_log(s, "event=login_failed class=%s reason=%s", upstream_status_name(st), detail);
     session_drop_upstream(s);
@@ -380,6 +399,7 @@ static void login_done(struct session *s, enum upstream_status st, const char *d
         auth_failed(s, "AUTH", "Authentication failed");
     else
         auth_failed(s, "SYS/TEMP", "Mail server temporarily unavailable, try again later");
+    return true;
 }
 
 static void up_done(void *ctx, enum upstream_status st, const char *raw_detail)
@@ -390,7 +410,8 @@ static void up_done(void *ctx, enum upstream_status st, const char *raw_detail)
     const char *detail = log_str(q, sizeof(q), raw_detail);
     switch (s->job) {
     case JOB_LOGIN:
-        login_done(s, st, detail);
+        if (!login_done(s, st, detail))
+            return; /* the state job (or a refusal) ends it */
         break;
     case JOB_RETR:
     case JOB_TOP_HEADER:

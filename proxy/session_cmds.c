@@ -56,9 +56,8 @@ static size_t listing_line(struct session *s, uint32_t n, const struct maildrop_
 {
     if (!s->listing_uidl)
         return pop3_writer_list_line(out, cap, n, msg->size);
-    char uidl[UIDL_MAX + 1];
-    uidl_default(uidl, msg->uid, maildrop_uidvalidity(s->md));
-    return pop3_writer_uidl_line(out, cap, n, uidl);
+    (void)msg;
+    return pop3_writer_uidl_line(out, cap, n, session_state_uidl(s, n));
 }
 
 void session_cmd_list(struct session *s, const struct pop3_command *cmd, bool uidl)

@@ -111,6 +111,14 @@ struct session {
     struct pop3_dotstuff ds;
     uint64_t top_lines, top_offset, top_chunk, top_got;
 
+    /* Per-user state (session_state.c). */
+    struct state_job *state_job;    /* the login's lock+load job, while it runs */
+    struct state_lock *lock;        /* this mailbox's lock, held for the session */
+    char *uidl_arena;               /* UIDLs of the snapshot, NUL-separated */
+    uint32_t *uidl_offsets;         /* by message number - 1 */
+    struct session_size_fix *fixes; /* sizes that differed from RFC822.SIZE */
+    size_t nfixes;
+
     /* QUIT. */
     bool quit_partial; /* no UIDPLUS: \Deleted set but not expunged */
 
@@ -120,6 +128,13 @@ struct session {
     uint32_t deleted_count;
     struct session *prev, *next;
 };
+
+struct session_size_fix {
+    uint32_t uid;
+    uint64_t size;
+};
+struct state_store;
+struct state_job;
 
 /* session.c */
 void session_reply(struct session *s, bool ok, const char *code, const char *text);
@@ -165,6 +180,20 @@ void session_retr_done(struct session *s, enum upstream_status st, const char *d
 size_t session_body_room(struct session *s);
 void session_body_begin(struct session *s, uint64_t size);
 void session_body_data(struct session *s, const char *p, size_t n);
+
+/* session_auth.c: the end of a login, once the state is in. */
+void session_login_ready(struct session *s);
+void session_login_refused(struct session *s, const char *code, const char *text);
+
+/* session_state.c */
+void session_state_init(struct state_store *st);
+/* Starts lock + load off the loop; session_login_ready/refused follow. -1: not started. */
+int session_state_login(struct session *s);
+/* The UIDL of message n (1-based) of the snapshot. */
+const char *session_state_uidl(const struct session *s, uint32_t n);
+void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size);
+/* The session ends: save what changed, then release the mailbox lock. */
+void session_state_end(struct session *s);
 
 /* session_quit.c */
 void session_cmd_quit(struct session *s);

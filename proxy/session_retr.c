@@ -89,8 +89,13 @@ static void finish_message(struct session *s)
     char end[POP3_DOTSTUFF_FINISH_MAX];
     size_t n = pop3_dotstuff_finish(&s->ds, end);
     session_append(s, end, n);
-    if (s->job == JOB_RETR)
+    if (s->job == JOB_RETR) {
         s->retr_count++;
+        /* Servers that estimate RFC822.SIZE: later sessions list what was really sent. */
+        const struct maildrop_msg *msg = NULL;
+        if (maildrop_get(s->md, s->xfer_n, &msg) == MAILDROP_OK && msg->size != s->ds.in_total)
+            session_state_size_fix(s, s->xfer_uid, s->ds.in_total);
+    }
     session_job_done(s);
 }
 

@@ -8,6 +8,9 @@
 #include "log.h"
 #include "reaper.h"
 #include "session.h"
+#include "session_int.h"
+#include "state_store.h"
+#include "state_worker.h"
 
 /* How often a draining worker looks whether its last session has ended. */
 #define WORKER_DRAIN_POLL 0.1
@@ -62,6 +65,18 @@ int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     reaper_init(loop);
+    char err[256];
+    struct state_store *store = state_store_open(cfg->state_dir, err, sizeof(err));
+    if (store == NULL)
+        log_line(LOG_ERROR, "event=state_store_unavailable dir=%s reason=\"%s\"", cfg->state_dir,
+                 err);
+    if (state_worker_start(loop) < 0) {
+        log_line(LOG_ERROR, "event=state_worker_failed");
+        state_store_close(&store);
+    }
+    /* Without a store, logins answer [SYS/TEMP]: serving without the mailbox lock and
+     * the recorded UIDLs could make clients download everything again. */
+    session_state_init(store);
     listeners = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*listeners));
     if (listeners == NULL)
         return 1;
@@ -81,6 +96,10 @@ int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen
     stop_listening();
     session_close_all("shutdown");
     reaper_run();
+    /* Every queued state write lands before the process ends. */
+    state_worker_stop();
+    session_state_init(NULL);
+    state_store_close(&store);
     free(listeners);
     return 0;
 }

@@ -1,0 +1,328 @@
+/* The per-user state of a session: mailbox lock, stable UIDLs, exact sizes, saved off-loop. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "session_int.h"
+#include "state_store.h"
+#include "state_worker.h"
+#include "uidl_assign.h"
+
+#define STATE_ERR_MAX 256
+
+static struct state_store *store;
+
+void session_state_init(struct state_store *st)
+{
+    store = st;
+}
+
+/*
+ * One piece of store work. It owns what the thread touches, so the session may
+ * end while it runs: then session is NULL and done() only cleans up.
+ */
+struct state_job {
+    struct session *session;
+    char *key;
+    size_t key_len;
+    struct state_lock *lock;
+    struct state_doc *doc;
+    enum state_lock_result lock_result;
+    int rc;
+    char warn[STATE_ERR_MAX];
+    char err[STATE_ERR_MAX];
+    /* For the final update: sizes measured while streaming. */
+    struct session_size_fix *fixes;
+    size_t nfixes;
+};
+
+static void job_free(struct state_job *j)
+{
+    if (j->lock != NULL)
+        state_store_unlock(&j->lock);
+    state_doc_free(&j->doc);
+    free(j->key);
+    free(j->fixes);
+    free(j);
+}
+
+static struct state_job *job_new(struct session *s)
+{
+    struct state_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return NULL;
+    j->key = malloc(s->login_len + 1);
+    if (j->key == NULL) {
+        free(j);
+        return NULL;
+    }
+    memcpy(j->key, s->login, s->login_len + 1);
+    j->key_len = s->login_len;
+    j->session = s;
+    return j;
+}
+
+/* ---- login: lock, load, assign UIDLs, save ---- */
+
+static void lock_load_work(void *arg)
+{
+    struct state_job *j = arg;
+    j->lock_result = state_store_lock(store, j->key, j->key_len, &j->lock, j->err, sizeof(j->err));
+    if (j->lock_result != STATE_LOCK_OK)
+        return;
+    j->rc = state_store_load(store, j->key, j->key_len, &j->doc, j->warn, sizeof(j->warn), j->err,
+                             sizeof(j->err));
+}
+
+static void save_work(void *arg)
+{
+    struct state_job *j = arg;
+    j->rc = state_store_save(store, j->doc, j->err, sizeof(j->err));
+}
+
+static void save_done(void *arg)
+{
+    struct state_job *j = arg;
+    if (j->rc < 0) {
+        char q[LOG_VALUE_MAX];
+        log_line(LOG_ERROR, "event=state_save_failed user=%s reason=%s",
+                 log_value(q, sizeof(q), j->key, j->key_len), j->err);
+    }
+    /* The lock stays with the session (j->lock is NULL here). */
+    job_free(j);
+}
+
+/* Gives each message its UIDL and leaves out the hidden ones: the session's snapshot. */
+static int apply_state(struct session *s, struct state_doc *doc, const char **error_r)
+{
+    const uint32_t n = maildrop_count(s->md);
+    struct uidl_assign_msg *msgs = calloc(n ? n : 1, sizeof(*msgs));
+    char(*uidls)[UIDL_MAX + 1] = calloc(n ? n : 1, sizeof(*uidls));
+    bool *hidden = calloc(n ? n : 1, sizeof(*hidden));
+    uint32_t *uids = calloc(n ? n : 1, sizeof(*uids));
+    struct maildrop *md = maildrop_new(maildrop_uidvalidity(s->md));
+    int rc = -1;
+    *error_r = "out of memory";
+    if (msgs == NULL || uidls == NULL || hidden == NULL || uids == NULL || md == NULL)
+        goto out;
+    int folder = state_doc_folder(doc, "INBOX");
+    if (folder < 0)
+        goto out;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct maildrop_msg *m = NULL;
+        (void)maildrop_get(s->md, i + 1, &m);
+        msgs[i].uid = m->uid;
+        msgs[i].size = m->size;
+        uids[i] = m->uid;
+    }
+    const struct uidl_assign_folder f = {
+        .folder = (uint16_t)folder,
+        .uidvalidity = maildrop_uidvalidity(s->md),
+        .msgs = msgs,
+        .nmsgs = n,
+    };
+    const struct uidl_assign_config cfg = {.tmpl = NULL, .reuse_xuidl = false};
+    struct uidl_assign_stats stats;
+    if (uidl_assign(doc, &f, 1, &cfg, uidls, hidden, &stats, error_r) < 0)
+        goto out;
+    /* Messages gone from the server leave the state. */
+    state_doc_prune(doc, (uint16_t)folder, uids, n);
+
+    /* The new snapshot: visible messages, with the sizes clients actually received. */
+    size_t arena_len = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (hidden[i])
+            continue;
+        const struct state_msg *sm = state_doc_find(doc, (uint16_t)folder, msgs[i].uid);
+        uint64_t size = sm != NULL && sm->real_size != 0 ? sm->real_size : msgs[i].size;
+        if (maildrop_add(md, msgs[i].uid, size) < 0)
+            goto out;
+        arena_len += strlen(uidls[i]) + 1;
+    }
+    maildrop_seal(md);
+    /* UIDLs by message number, in one block: a big mailbox costs ~20 bytes a message. */
+    char *arena = malloc(arena_len ? arena_len : 1);
+    uint32_t *offsets = calloc(maildrop_count(md) + 1, sizeof(*offsets));
+    if (arena == NULL || offsets == NULL) {
+        free(arena);
+        free(offsets);
+        goto out;
+    }
+    size_t pos = 0, k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (hidden[i])
+            continue;
+        size_t len = strlen(uidls[i]) + 1;
+        memcpy(arena + pos, uidls[i], len);
+        offsets[k++] = (uint32_t)pos;
+        pos += len;
+    }
+    free(s->uidl_arena);
+    free(s->uidl_offsets);
+    s->uidl_arena = arena;
+    s->uidl_offsets = offsets;
+    maildrop_free(&s->md);
+    s->md = md;
+    md = NULL;
+    char q[LOG_VALUE_MAX];
+    (void)q;
+    session_log(s,
+                "event=uidls kept=%zu reassociated=%zu legacy=%zu generated=%zu suffixed=%zu "
+                "hidden=%u uidl_hash=%016llx",
+                stats.kept, stats.reassociated, stats.legacy, stats.generated, stats.suffixed,
+                n - maildrop_count(s->md),
+                (unsigned long long)uidl_assign_list_hash(uidls, hidden, n));
+    rc = 0;
+out:
+    maildrop_free(&md);
+    free(msgs);
+    free(uidls);
+    free(hidden);
+    free(uids);
+    return rc;
+}
+
+static void login_state_done(void *arg)
+{
+    struct state_job *j = arg;
+    struct session *s = j->session;
+    if (s == NULL) {
+        job_free(j); /* the session ended meanwhile: its lock goes with the job */
+        return;
+    }
+    s->state_job = NULL;
+    if (j->lock_result == STATE_LOCK_BUSY) {
+        session_log(s, "event=login_failed reason=\"mailbox in use by another POP3 session\"");
+        job_free(j);
+        session_login_refused(s, "IN-USE", "Mailbox is locked by another POP3 session");
+        return;
+    }
+    if (j->lock_result != STATE_LOCK_OK || j->rc < 0) {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=login_failed reason=%s", log_str(q, sizeof(q), j->err));
+        job_free(j);
+        session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        return;
+    }
+    if (j->warn[0] != '\0') {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=state_corrupt detail=%s", log_str(q, sizeof(q), j->warn));
+    }
+    const char *error = NULL;
+    if (apply_state(s, j->doc, &error) < 0) {
+        session_log(s, "event=login_failed reason=\"state: %s\"", error);
+        job_free(j);
+        session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        return;
+    }
+    /* The lock now belongs to the session; the document goes to disk and is freed. */
+    s->lock = j->lock;
+    j->lock = NULL;
+    time_t now = time(NULL);
+    if (j->doc->first_login == 0)
+        j->doc->first_login = now;
+    j->doc->last_login = now;
+    j->session = NULL;
+    if (state_worker_submit(save_work, save_done, j) < 0)
+        job_free(j);
+    session_login_ready(s);
+}
+
+int session_state_login(struct session *s)
+{
+    if (store == NULL) {
+        session_log(s, "event=login_failed reason=\"state store unavailable\"");
+        return -1;
+    }
+    struct state_job *j = job_new(s);
+    if (j == NULL)
+        return -1;
+    if (state_worker_submit(lock_load_work, login_state_done, j) < 0) {
+        job_free(j);
+        return -1;
+    }
+    s->state_job = j;
+    return 0;
+}
+
+const char *session_state_uidl(const struct session *s, uint32_t n)
+{
+    return s->uidl_arena + s->uidl_offsets[n - 1];
+}
+
+/* ---- the end of a session: record what changed, then release the mailbox ---- */
+
+static void update_work(void *arg)
+{
+    struct state_job *j = arg;
+    j->rc = state_store_load(store, j->key, j->key_len, &j->doc, j->warn, sizeof(j->warn), j->err,
+                             sizeof(j->err));
+    if (j->rc < 0)
+        return;
+    int folder = state_doc_folder(j->doc, "INBOX");
+    if (folder < 0) {
+        j->rc = -1;
+        snprintf(j->err, sizeof(j->err), "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < j->nfixes; i++) {
+        struct state_msg *m = state_doc_find(j->doc, (uint16_t)folder, j->fixes[i].uid);
+        if (m != NULL)
+            m->real_size = j->fixes[i].size;
+    }
+    j->rc = state_store_save(store, j->doc, j->err, sizeof(j->err));
+}
+
+static void update_done(void *arg)
+{
+    struct state_job *j = arg;
+    if (j->rc < 0) {
+        char q[LOG_VALUE_MAX];
+        log_line(LOG_ERROR, "event=state_save_failed user=%s reason=%s",
+                 log_value(q, sizeof(q), j->key, j->key_len), j->err);
+    }
+    job_free(j); /* unlocks, after the save */
+}
+
+void session_state_end(struct session *s)
+{
+    if (s->state_job != NULL) {
+        /* The login job still runs: it cleans up after itself. */
+        s->state_job->session = NULL;
+        s->state_job = NULL;
+    }
+    if (s->lock == NULL)
+        return;
+    if (s->nfixes == 0 || store == NULL) {
+        state_store_unlock(&s->lock);
+        return;
+    }
+    struct state_job *j = job_new(s);
+    if (j == NULL) {
+        state_store_unlock(&s->lock);
+        return;
+    }
+    j->lock = s->lock;
+    s->lock = NULL;
+    j->fixes = s->fixes;
+    j->nfixes = s->nfixes;
+    s->fixes = NULL;
+    s->nfixes = 0;
+    j->session = NULL;
+    if (state_worker_submit(update_work, update_done, j) < 0)
+        job_free(j);
+}
+
+void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size)
+{
+    struct session_size_fix *f = realloc(s->fixes, (s->nfixes + 1) * sizeof(*f));
+    if (f == NULL)
+        return; /* only a size hint is lost */
+    s->fixes = f;
+    s->fixes[s->nfixes].uid = uid;
+    s->fixes[s->nfixes].size = size;
+    s->nfixes++;
+}
