@@ -22,11 +22,12 @@ declare -A SOURCES=(
     [proxy_protocol]="protocols/proxy_protocol.c"
     [config]="proxy/config.c proxy/tls.c proxy/user_map.c"
     [state]="mapping/state.c mapping/sha256.c"
-    [uidl_format]="mapping/uidl.c"
+    [uidl_format]="mapping/uidl.c mapping/legacy_import.c mapping/state.c"
 )
 declare -A LIBS=(
     [config]="$(pkg-config --libs jansson openssl)"
     [state]="$(pkg-config --libs jansson)"
+    [uidl_format]="$(pkg-config --libs jansson)"
 )
 INCLUDES="-Iprotocols -Imapping -Iproxy $(pkg-config --cflags jansson openssl)"
 
