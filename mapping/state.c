@@ -40,15 +40,15 @@ static const char *set_error(const char *fmt, ...)
 }
 
 /* The key as printable ASCII, cut short: error text never carries raw input bytes. */
-static const char *quote_key(const char *key, char out[KEY_QUOTE_MAX + 4])
+static const char *quote_key(const char *key, size_t len, char out[KEY_QUOTE_MAX + 4])
 {
     size_t i;
 
-    for (i = 0; key[i] != '\0' && i < KEY_QUOTE_MAX; i++) {
+    for (i = 0; i < len && i < KEY_QUOTE_MAX; i++) {
         unsigned char c = (unsigned char)key[i];
         out[i] = c >= 0x20 && c < 0x7f && c != '"' ? (char)c : '?';
     }
-    if (key[i] != '\0') {
+    if (i < len) {
         memcpy(out + i, "...", 3);
         i += 3;
     }
@@ -254,16 +254,22 @@ static bool parse_msgid(const char *s, size_t len, uint64_t *out)
     return true;
 }
 
-/* "<entry>.<key>" as a number in [min, max]; the path is built only for an error. */
+static bool int_in(const json_t *v, long long min, long long max, long long *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+        return false;
+    *out = json_integer_value(v);
+    return true;
+}
+
+/* "<entry>.<key>" as a number in [min, max], or the error naming it. */
 static const char *entry_int(const json_t *v, long long min, long long max, long long *out,
                              const char *entry, const char *key)
 {
     char path[ENTRY_PATH_MAX];
 
-    if (json_is_integer(v) && json_integer_value(v) >= min && json_integer_value(v) <= max) {
-        *out = json_integer_value(v);
+    if (int_in(v, min, max, out))
         return NULL;
-    }
     snprintf(path, sizeof(path), "%s.%s", entry, key);
     return get_int(v, min, max, out, path);
 }
@@ -332,7 +338,8 @@ static const char *parse_folders(const json_t *arr, struct state_doc *doc)
                 f->uidvalidity = (uint32_t)n64;
                 has_uidvalidity = true;
             } else {
-                return set_error("%s.\"%s\": unknown key", entry, quote_key(key, quoted));
+                return set_error("%s.\"%s\": unknown key", entry,
+                                 quote_key(key, strlen(key), quoted));
             }
         }
         if (!has_name)
@@ -354,7 +361,7 @@ static const char *parse_message(const json_t *obj, size_t i, const struct state
 {
     bool has_f = false, has_uid = false, has_size = false;
     char entry[ENTRY_PATH_MAX], quoted[KEY_QUOTE_MAX + 4];
-    const char *key, *e = NULL;
+    const char *key;
     long long n;
     json_t *v;
 
@@ -374,8 +381,8 @@ static const char *parse_message(const json_t *obj, size_t i, const struct state
             m->folder = (uint16_t)n;
             has_f = true;
         } else if (strcmp(key, "uid") == 0) {
-            if ((e = entry_int(v, 1, UINT32_MAX, &n, ENTRY(), key)) != NULL)
-                return e;
+            if (!int_in(v, 1, UINT32_MAX, &n))
+                return entry_int(v, 1, UINT32_MAX, &n, ENTRY(), key);
             m->uid = (uint32_t)n;
             has_uid = true;
         } else if (strcmp(key, "uidl") == 0) {
@@ -383,13 +390,13 @@ static const char *parse_message(const json_t *obj, size_t i, const struct state
                 return parse_uidl_value(v, m->uidl, ENTRY());
             memcpy(m->uidl, json_string_value(v), json_string_length(v) + 1);
         } else if (strcmp(key, "size") == 0) {
-            if ((e = entry_int(v, 0, INT64_MAX, &n, ENTRY(), key)) != NULL)
-                return e;
+            if (!int_in(v, 0, INT64_MAX, &n))
+                return entry_int(v, 0, INT64_MAX, &n, ENTRY(), key);
             m->size = (uint64_t)n;
             has_size = true;
         } else if (strcmp(key, "real_size") == 0) {
-            if ((e = entry_int(v, 0, INT64_MAX, &n, ENTRY(), key)) != NULL)
-                return e;
+            if (!int_in(v, 0, INT64_MAX, &n))
+                return entry_int(v, 0, INT64_MAX, &n, ENTRY(), key);
             m->real_size = (uint64_t)n;
         } else if (strcmp(key, "msgid") == 0) {
             if (!json_is_string(v) ||
@@ -400,7 +407,8 @@ static const char *parse_message(const json_t *obj, size_t i, const struct state
                 return set_error("%s.hidden: not true or false", ENTRY());
             m->hidden = json_is_true(v);
         } else {
-            return set_error("%s.\"%s\": unknown key", ENTRY(), quote_key(key, quoted));
+            return set_error("%s.\"%s\": unknown key", ENTRY(),
+                             quote_key(key, strlen(key), quoted));
         }
     }
     if (!has_f)
@@ -413,116 +421,124 @@ static const char *parse_message(const json_t *obj, size_t i, const struct state
     return NULL;
 }
 
-static const char *parse_messages(const json_t *arr, struct state_doc *doc)
+/* Makes room for one more message: doubling, so that appending is O(1). */
+static int grow_msgs(struct state_doc *doc)
 {
-    bool sorted = true;
-    size_t n;
+    size_t alloc;
+    struct state_msg *msgs;
 
-    if (!json_is_array(arr))
-        return set_error("messages: not an array");
-    n = json_array_size(arr);
-    if (n == 0)
-        return NULL;
-    doc->msgs = calloc(n, sizeof(*doc->msgs));
-    if (doc->msgs == NULL)
+    /* A caller that replaced msgs may have left msgs_alloc behind: nmsgs is certain. */
+    if (doc->msgs_alloc < doc->nmsgs)
+        doc->msgs_alloc = doc->nmsgs;
+    if (doc->nmsgs < doc->msgs_alloc)
+        return 0;
+    alloc = doc->msgs_alloc < MSGS_MIN_ALLOC ? MSGS_MIN_ALLOC : doc->msgs_alloc * 2;
+    if (alloc > SIZE_MAX / sizeof(*msgs))
+        return -1;
+    msgs = realloc(doc->msgs, alloc * sizeof(*msgs));
+    if (msgs == NULL)
+        return -1;
+    doc->msgs = msgs;
+    doc->msgs_alloc = alloc;
+    return 0;
+}
+
+/* Appends messages[i]; *sorted turns false when it comes before the one ahead of it. */
+static const char *add_message(const json_t *obj, size_t i, struct state_doc *doc, bool *sorted)
+{
+    struct state_msg *m;
+    const char *e;
+
+    if (grow_msgs(doc) != 0)
         return set_error("out of memory");
-    doc->msgs_alloc = n;
-    for (size_t i = 0; i < n; i++) {
-        struct state_msg *m = &doc->msgs[i];
-        const char *e = parse_message(json_array_get(arr, i), i, doc, m);
+    m = &doc->msgs[doc->nmsgs];
+    memset(m, 0, sizeof(*m));
+    if ((e = parse_message(obj, i, doc, m)) != NULL)
+        return e;
+    if (doc->nmsgs > 0) {
+        uint64_t prev = msg_key(m[-1].folder, m[-1].uid), cur = msg_key(m->folder, m->uid);
 
-        if (e != NULL)
-            return e;
-        if (i > 0) {
-            uint64_t prev = msg_key(m[-1].folder, m[-1].uid), cur = msg_key(m->folder, m->uid);
-
-            if (cur == prev)
-                return set_error("messages[%zu]: duplicate of messages[%zu] (f %u, uid %u)", i,
-                                 i - 1, (unsigned)m->folder, (unsigned)m->uid);
-            if (cur < prev)
-                sorted = false;
-        }
-        doc->nmsgs++;
+        if (cur == prev)
+            return set_error("messages[%zu]: duplicate of messages[%zu] (f %u, uid %u)", i, i - 1,
+                             (unsigned)m->folder, (unsigned)m->uid);
+        if (cur < prev)
+            *sorted = false;
     }
-    if (!sorted) {
-        /* Hand-edited or from another writer: take it, in our order. */
-        qsort(doc->msgs, doc->nmsgs, sizeof(*doc->msgs), cmp_msg);
-        for (size_t i = 1; i < doc->nmsgs; i++)
-            if (cmp_msg(&doc->msgs[i - 1], &doc->msgs[i]) == 0)
-                return set_error("messages: two entries for f %u, uid %u",
-                                 (unsigned)doc->msgs[i].folder, (unsigned)doc->msgs[i].uid);
-    }
+    doc->nmsgs++;
     return NULL;
 }
 
-static const char *parse_legacy(const json_t *arr, struct state_doc *doc)
+static const char *finish_messages(struct state_doc *doc, bool sorted)
 {
-    size_t n;
-
-    if (!json_is_array(arr))
-        return set_error("legacy: not an array");
-    n = json_array_size(arr);
-    if (n == 0)
+    if (sorted)
         return NULL;
-    doc->legacy = calloc(n, sizeof(*doc->legacy));
-    if (doc->legacy == NULL)
-        return set_error("out of memory");
-    for (size_t i = 0; i < n; i++) {
-        const json_t *obj = json_array_get(arr, i);
-        struct state_legacy *l = &doc->legacy[i];
-        bool has_uidl = false, has_size = false;
-        char entry[ENTRY_PATH_MAX], quoted[KEY_QUOTE_MAX + 4];
-        const char *key, *e;
-        long long n64;
-        json_t *v;
-
-        snprintf(entry, sizeof(entry), "legacy[%zu]", i);
-        if (!json_is_object(obj))
-            return set_error("%s: not an object", entry);
-        json_object_foreach((json_t *)obj, key, v)
-        {
-            if (strcmp(key, "uidl") == 0) {
-                if ((e = parse_uidl_value(v, l->uidl, entry)) != NULL)
-                    return e;
-                has_uidl = true;
-            } else if (strcmp(key, "size") == 0) {
-                if ((e = entry_int(v, 0, INT64_MAX, &n64, entry, key)) != NULL)
-                    return e;
-                l->size = (uint64_t)n64;
-                has_size = true;
-            } else if (strcmp(key, "msgid") == 0) {
-                if ((e = parse_msgid_value(v, &l->msgid_hash, entry)) != NULL)
-                    return e;
-            } else if (strcmp(key, "matched") == 0) {
-                if (!json_is_boolean(v))
-                    return set_error("%s.matched: not true or false", entry);
-                l->matched = json_is_true(v);
-            } else {
-                return set_error("%s.\"%s\": unknown key", entry, quote_key(key, quoted));
-            }
-        }
-        if (!has_uidl)
-            return set_error("%s.uidl: missing", entry);
-        if (!has_size)
-            return set_error("%s.size: missing", entry);
-        doc->nlegacy++;
-    }
+    /* Hand-edited or from another writer: take it, in our order. */
+    qsort(doc->msgs, doc->nmsgs, sizeof(*doc->msgs), cmp_msg);
+    for (size_t i = 1; i < doc->nmsgs; i++)
+        if (cmp_msg(&doc->msgs[i - 1], &doc->msgs[i]) == 0)
+            return set_error("messages: two entries for f %u, uid %u",
+                             (unsigned)doc->msgs[i].folder, (unsigned)doc->msgs[i].uid);
     return NULL;
 }
 
-static const char *parse_root(const json_t *root, struct state_doc *doc)
+/* Appends legacy[i]; *alloc is the room at doc->legacy. */
+static const char *add_legacy(const json_t *obj, size_t i, struct state_doc *doc, size_t *alloc)
 {
-    static const char *const known[] = {"version", "user",     "first_login", "last_login",
-                                        "folders", "messages", "legacy"};
-    char quoted[KEY_QUOTE_MAX + 4];
+    bool has_uidl = false, has_size = false;
+    char entry[ENTRY_PATH_MAX], quoted[KEY_QUOTE_MAX + 4];
+    struct state_legacy *l;
     const char *key, *e;
-    long long n;
+    long long n64;
     json_t *v;
 
-    if (!json_is_object(root))
-        return set_error("not a JSON object");
-    /* The version first: a newer document is reported as such, not by its new keys. */
-    v = json_object_get(root, "version");
+    if (doc->nlegacy == *alloc) {
+        size_t more = *alloc < MSGS_MIN_ALLOC ? MSGS_MIN_ALLOC : *alloc * 2;
+        struct state_legacy *p =
+            more > SIZE_MAX / sizeof(*p) ? NULL : realloc(doc->legacy, more * sizeof(*p));
+
+        if (p == NULL)
+            return set_error("out of memory");
+        doc->legacy = p;
+        *alloc = more;
+    }
+    l = &doc->legacy[doc->nlegacy];
+    memset(l, 0, sizeof(*l));
+    snprintf(entry, sizeof(entry), "legacy[%zu]", i);
+    if (!json_is_object(obj))
+        return set_error("%s: not an object", entry);
+    json_object_foreach((json_t *)obj, key, v)
+    {
+        if (strcmp(key, "uidl") == 0) {
+            if ((e = parse_uidl_value(v, l->uidl, entry)) != NULL)
+                return e;
+            has_uidl = true;
+        } else if (strcmp(key, "size") == 0) {
+            if ((e = entry_int(v, 0, INT64_MAX, &n64, entry, key)) != NULL)
+                return e;
+            l->size = (uint64_t)n64;
+            has_size = true;
+        } else if (strcmp(key, "msgid") == 0) {
+            if ((e = parse_msgid_value(v, &l->msgid_hash, entry)) != NULL)
+                return e;
+        } else if (strcmp(key, "matched") == 0) {
+            if (!json_is_boolean(v))
+                return set_error("%s.matched: not true or false", entry);
+            l->matched = json_is_true(v);
+        } else {
+            return set_error("%s.\"%s\": unknown key", entry, quote_key(key, strlen(key), quoted));
+        }
+    }
+    if (!has_uidl)
+        return set_error("%s.uidl: missing", entry);
+    if (!has_size)
+        return set_error("%s.size: missing", entry);
+    doc->nlegacy++;
+    return NULL;
+}
+
+/* The version first: a newer document is reported as such, not by its new keys. */
+static const char *check_version(const json_t *v)
+{
     if (v == NULL)
         return set_error("version: missing");
     if (!json_is_integer(v))
@@ -533,20 +549,27 @@ static const char *parse_root(const json_t *root, struct state_doc *doc)
     if (json_integer_value(v) < STATE_VERSION)
         return set_error("version: %lld is not a version (%d is)", json_integer_value(v),
                          STATE_VERSION);
-    doc->version = STATE_VERSION;
+    return NULL;
+}
 
-    json_object_foreach((json_t *)root, key, v)
-    {
-        bool is_known = strncmp(key, "x-", 2) == 0;
+static const char *const top_keys[] = {"version", "user",     "first_login", "last_login",
+                                       "folders", "messages", "legacy"};
 
-        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]) && !is_known; i++)
-            is_known = strcmp(key, known[i]) == 0;
-        if (!is_known)
-            return set_error("\"%s\": unknown key (only \"x-...\" keys may be added)",
-                             quote_key(key, quoted));
-    }
+static const char *check_key(const char *key, size_t len)
+{
+    char quoted[KEY_QUOTE_MAX + 4];
 
-    v = json_object_get(root, "user");
+    if (len >= 2 && key[0] == 'x' && key[1] == '-')
+        return NULL;
+    for (size_t i = 0; i < sizeof(top_keys) / sizeof(top_keys[0]); i++)
+        if (strlen(top_keys[i]) == len && memcmp(key, top_keys[i], len) == 0)
+            return NULL;
+    return set_error("\"%s\": unknown key (only \"x-...\" keys may be added)",
+                     quote_key(key, len, quoted));
+}
+
+static const char *parse_user(const json_t *v, struct state_doc *doc)
+{
     if (v == NULL)
         return set_error("user: missing");
     if (!json_is_string(v))
@@ -556,34 +579,77 @@ static const char *parse_root(const json_t *root, struct state_doc *doc)
     doc->user = strdup(json_string_value(v));
     if (doc->user == NULL)
         return set_error("out of memory");
-
-    if ((v = json_object_get(root, "first_login")) != NULL) {
-        if ((e = get_int(v, 0, INT64_MAX, &n, "first_login")) != NULL)
-            return e;
-        doc->first_login = n;
-    }
-    if ((v = json_object_get(root, "last_login")) != NULL) {
-        if ((e = get_int(v, 0, INT64_MAX, &n, "last_login")) != NULL)
-            return e;
-        doc->last_login = n;
-    }
-    if ((v = json_object_get(root, "folders")) != NULL && (e = parse_folders(v, doc)) != NULL)
-        return e;
-    if ((v = json_object_get(root, "messages")) != NULL && (e = parse_messages(v, doc)) != NULL)
-        return e;
-    if ((v = json_object_get(root, "legacy")) != NULL && (e = parse_legacy(v, doc)) != NULL)
-        return e;
     return NULL;
 }
 
-int state_doc_parse(const char *json, size_t len, struct state_doc **doc_r, const char **error_r)
+static const char *parse_login(const json_t *v, const char *name, int64_t *out)
+{
+    long long n = 0;
+    const char *e;
+
+    if (v == NULL)
+        return NULL;
+    if ((e = get_int(v, 0, INT64_MAX, &n, name)) != NULL)
+        return e;
+    *out = n;
+    return NULL;
+}
+
+/* ---- the reference parse: one jansson tree of the whole document ---- */
+
+static const char *parse_root(const json_t *root, struct state_doc *doc)
+{
+    const char *key, *e;
+    json_t *v;
+
+    if (!json_is_object(root))
+        return set_error("not a JSON object");
+    if ((e = check_version(json_object_get(root, "version"))) != NULL)
+        return e;
+    doc->version = STATE_VERSION;
+    json_object_foreach((json_t *)root, key, v)
+    {
+        if ((e = check_key(key, strlen(key))) != NULL)
+            return e;
+    }
+    if ((e = parse_user(json_object_get(root, "user"), doc)) != NULL ||
+        (e = parse_login(json_object_get(root, "first_login"), "first_login", &doc->first_login)) !=
+            NULL ||
+        (e = parse_login(json_object_get(root, "last_login"), "last_login", &doc->last_login)) !=
+            NULL)
+        return e;
+    if ((v = json_object_get(root, "folders")) != NULL && (e = parse_folders(v, doc)) != NULL)
+        return e;
+    if ((v = json_object_get(root, "messages")) != NULL) {
+        bool sorted = true;
+
+        if (!json_is_array(v))
+            return set_error("messages: not an array");
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if ((e = add_message(json_array_get(v, i), i, doc, &sorted)) != NULL)
+                return e;
+        if ((e = finish_messages(doc, sorted)) != NULL)
+            return e;
+    }
+    if ((v = json_object_get(root, "legacy")) != NULL) {
+        size_t alloc = 0;
+
+        if (!json_is_array(v))
+            return set_error("legacy: not an array");
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if ((e = add_legacy(json_array_get(v, i), i, doc, &alloc)) != NULL)
+                return e;
+    }
+    return NULL;
+}
+
+static int parse_tree(const char *json, size_t len, struct state_doc **doc_r, const char **error_r)
 {
     struct state_doc *doc;
     json_error_t jerr;
     const char *e;
     json_t *root;
 
-    *doc_r = NULL;
     /* Duplicate keys are refused: which of two "uid"s was meant is anyone's guess. */
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
@@ -609,6 +675,324 @@ int state_doc_parse(const char *json, size_t len, struct state_doc **doc_r, cons
     }
     *doc_r = doc;
     return 0;
+}
+
+/*
+ * ---- the fast parse: the top level by hand, each value and each array entry by jansson ----
+ *
+ * A tree of 100,000 messages is some 90 MB of jansson nodes for a 9 MB document, and
+ * faulting that memory in costs more than parsing. Here only the top-level object and
+ * the "messages" and "legacy" arrays are walked by hand (structure only); every value
+ * and every array entry is still parsed and checked by jansson, one at a time. Whatever
+ * this walk does not expect (escaped or non-ASCII top-level keys, duplicate keys,
+ * deep nesting, any JSON error) makes it give up, and the reference parse runs: it
+ * gives the same document or the same error, which the fuzz target checks.
+ */
+
+/* Top-level keys this walk handles; more give up. */
+#define FAST_KEYS_MAX 32
+/* Nesting inside one value; deeper gives up (jansson's own limit is 2048). */
+#define FAST_DEPTH_MAX 1000
+
+enum fast_result { FAST_OK, FAST_ERROR, FAST_GIVE_UP };
+
+struct fast_key {
+    const char *name; /* not NUL-terminated */
+    size_t name_len;
+    size_t start, end; /* the value */
+    json_t *value;     /* NULL for an array of "messages" or "legacy", walked entry by entry */
+};
+
+static bool is_json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static size_t skip_space(const char *s, size_t len, size_t i)
+{
+    while (i < len && is_json_space(s[i]))
+        i++;
+    return i;
+}
+
+/* s[*i] is '"': moves past the closing quote. Escapes are skipped, not checked. */
+static bool skip_string(const char *s, size_t len, size_t *i)
+{
+    size_t p = *i + 1;
+
+    for (;;) {
+        const char *q = p < len ? memchr(s + p, '"', len - p) : NULL;
+        size_t backslashes = 0;
+
+        if (q == NULL)
+            return false;
+        p = (size_t)(q - s);
+        while (p - backslashes > *i + 1 && s[p - backslashes - 1] == '\\')
+            backslashes++;
+        p++;
+        if (backslashes % 2 == 0) { /* not itself escaped */
+            *i = p;
+            return true;
+        }
+    }
+}
+
+/* Moves past the value at *i by its structure alone; jansson checks it later. */
+static bool skip_value(const char *s, size_t len, size_t *i)
+{
+    size_t p = *i, depth = 0;
+
+    if (p >= len)
+        return false;
+    if (s[p] == '"')
+        return skip_string(s, len, i);
+    if (s[p] != '[' && s[p] != '{') {
+        while (p < len && !is_json_space(s[p]) && s[p] != ',' && s[p] != '}' && s[p] != ']')
+            p++;
+        if (p == *i)
+            return false;
+        *i = p;
+        return true;
+    }
+    while (p < len) {
+        char c = s[p];
+
+        if (c == '"') {
+            if (!skip_string(s, len, &p))
+                return false;
+            continue;
+        }
+        if (c == '[' || c == '{') {
+            if (++depth > FAST_DEPTH_MAX)
+                return false;
+        } else if (c == ']' || c == '}') {
+            if (--depth == 0) {
+                *i = p + 1;
+                return true;
+            }
+        }
+        p++;
+    }
+    return false;
+}
+
+static json_t *load_span(const char *s, size_t start, size_t end)
+{
+    return json_loadb(s + start, end - start, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
+}
+
+/* Walks the entries of the array s[start..end) (s[start] is '['). */
+struct fast_array {
+    const char *s;
+    size_t pos, end;
+    bool first;
+};
+
+/* 1 with the next entry in [*a, *b), 0 after the last, -1 when the structure is off. */
+static int next_entry(struct fast_array *it, size_t *a, size_t *b)
+{
+    const char *s = it->s;
+    size_t p = skip_space(s, it->end, it->pos);
+
+    if (p < it->end && s[p] == ']')
+        return p + 1 == it->end ? 0 : -1;
+    if (!it->first) {
+        if (p >= it->end || s[p] != ',')
+            return -1;
+        p = skip_space(s, it->end, p + 1);
+    }
+    *a = p;
+    if (!skip_value(s, it->end, &p))
+        return -1;
+    *b = p;
+    it->pos = p;
+    it->first = false;
+    return 1;
+}
+
+static struct fast_key *fast_find(struct fast_key *keys, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+
+    for (size_t i = 0; i < n; i++)
+        if (keys[i].name_len == len && memcmp(keys[i].name, name, len) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static const json_t *fast_value(struct fast_key *keys, size_t n, const char *name)
+{
+    struct fast_key *k = fast_find(keys, n, name);
+
+    return k != NULL ? k->value : NULL;
+}
+
+/* Reads the top-level object into keys (value spans only). */
+static bool fast_scan(const char *s, size_t len, struct fast_key *keys, size_t *nkeys_r)
+{
+    size_t i = skip_space(s, len, 0), n = 0;
+
+    if (i >= len || s[i] != '{')
+        return false;
+    i = skip_space(s, len, i + 1);
+    if (i < len && s[i] == '}') {
+        i++;
+    } else {
+        for (;;) {
+            size_t name;
+
+            if (i >= len || s[i] != '"' || n == FAST_KEYS_MAX)
+                return false;
+            name = ++i;
+            /* Plain printable ASCII names only: anything else is for jansson to read. */
+            while (i < len && s[i] != '"') {
+                if (s[i] < 0x20 || s[i] > 0x7e || s[i] == '\\')
+                    return false;
+                i++;
+            }
+            if (i >= len)
+                return false;
+            keys[n].name = s + name;
+            keys[n].name_len = i - name;
+            keys[n].value = NULL;
+            i = skip_space(s, len, i + 1);
+            if (i >= len || s[i] != ':')
+                return false;
+            i = skip_space(s, len, i + 1);
+            keys[n].start = i;
+            if (!skip_value(s, len, &i))
+                return false;
+            keys[n].end = i;
+            for (size_t k = 0; k < n; k++)
+                if (keys[k].name_len == keys[n].name_len &&
+                    memcmp(keys[k].name, keys[n].name, keys[n].name_len) == 0)
+                    return false; /* a duplicate: jansson says so */
+            n++;
+            i = skip_space(s, len, i);
+            if (i < len && s[i] == ',') {
+                i = skip_space(s, len, i + 1);
+                continue;
+            }
+            if (i < len && s[i] == '}') {
+                i++;
+                break;
+            }
+            return false;
+        }
+    }
+    *nkeys_r = n;
+    return skip_space(s, len, i) == len;
+}
+
+static bool is_streamed(const struct fast_key *k, const char *s)
+{
+    return s[k->start] == '[' && ((k->name_len == 8 && memcmp(k->name, "messages", 8) == 0) ||
+                                  (k->name_len == 6 && memcmp(k->name, "legacy", 6) == 0));
+}
+
+/*
+ * The entries of a streamed array: every one is loaded (so that a JSON error anywhere
+ * is found, as the reference parse would), but only checked while *e is NULL.
+ */
+static enum fast_result fast_entries(const char *s, const struct fast_key *k, bool messages,
+                                     struct state_doc *doc, const char **e)
+{
+    struct fast_array it = {s, k->start + 1, k->end, true};
+    size_t a, b, i = 0, legacy_alloc = 0;
+    bool sorted = true;
+    int r;
+
+    while ((r = next_entry(&it, &a, &b)) == 1) {
+        json_t *entry = load_span(s, a, b);
+
+        if (entry == NULL)
+            return FAST_GIVE_UP;
+        if (*e == NULL)
+            *e = messages ? add_message(entry, i, doc, &sorted)
+                          : add_legacy(entry, i, doc, &legacy_alloc);
+        json_decref(entry);
+        i++;
+    }
+    if (r < 0)
+        return FAST_GIVE_UP;
+    if (messages && *e == NULL)
+        *e = finish_messages(doc, sorted);
+    return FAST_OK;
+}
+
+static enum fast_result parse_fast(const char *s, size_t len, struct state_doc **doc_r,
+                                   const char **error_r)
+{
+    struct fast_key keys[FAST_KEYS_MAX];
+    enum fast_result r = FAST_GIVE_UP;
+    struct state_doc *doc = NULL;
+    const char *e = NULL;
+    const json_t *v;
+    size_t n = 0;
+
+    if (!fast_scan(s, len, keys, &n))
+        return FAST_GIVE_UP;
+    for (size_t i = 0; i < n; i++)
+        if (!is_streamed(&keys[i], s) &&
+            (keys[i].value = load_span(s, keys[i].start, keys[i].end)) == NULL)
+            goto out;
+    doc = calloc(1, sizeof(*doc));
+    if (doc == NULL)
+        goto out;
+
+    /* The checks of parse_root, in its order; the first error is the answer. */
+    e = check_version(fast_value(keys, n, "version"));
+    if (e == NULL)
+        doc->version = STATE_VERSION;
+    for (size_t i = 0; i < n && e == NULL; i++)
+        e = check_key(keys[i].name, keys[i].name_len);
+    if (e == NULL)
+        e = parse_user(fast_value(keys, n, "user"), doc);
+    if (e == NULL)
+        e = parse_login(fast_value(keys, n, "first_login"), "first_login", &doc->first_login);
+    if (e == NULL)
+        e = parse_login(fast_value(keys, n, "last_login"), "last_login", &doc->last_login);
+    if (e == NULL && (v = fast_value(keys, n, "folders")) != NULL)
+        e = parse_folders(v, doc);
+    for (int pass = 0; pass < 2; pass++) {
+        const char *name = pass == 0 ? "messages" : "legacy";
+        struct fast_key *k = fast_find(keys, n, name);
+
+        if (k == NULL)
+            continue;
+        if (k->value != NULL) { /* not an array */
+            if (e == NULL)
+                e = set_error("%s: not an array", name);
+        } else if (fast_entries(s, k, pass == 0, doc, &e) != FAST_OK) {
+            goto out;
+        }
+    }
+    if (e != NULL) {
+        *error_r = e;
+        r = FAST_ERROR;
+    } else {
+        *doc_r = doc;
+        doc = NULL;
+        r = FAST_OK;
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        json_decref(keys[i].value);
+    state_doc_free(&doc);
+    return r;
+}
+
+int state_doc_parse(const char *json, size_t len, struct state_doc **doc_r, const char **error_r)
+{
+    *doc_r = NULL;
+    switch (parse_fast(json, len, doc_r, error_r)) {
+    case FAST_OK:
+        return 0;
+    case FAST_ERROR:
+        return -1;
+    default:
+        return parse_tree(json, len, doc_r, error_r);
+    }
 }
 
 /* ---- serializing ---- */
@@ -896,21 +1280,8 @@ struct state_msg *state_doc_upsert(struct state_doc *doc, uint16_t folder, uint3
     if (i < doc->nmsgs && msg_key(doc->msgs[i].folder, doc->msgs[i].uid) == key)
         return &doc->msgs[i];
 
-    /* A caller that replaced msgs may have left msgs_alloc behind: nmsgs is certain. */
-    if (doc->msgs_alloc < doc->nmsgs)
-        doc->msgs_alloc = doc->nmsgs;
-    if (doc->nmsgs == doc->msgs_alloc) {
-        size_t alloc = doc->msgs_alloc < MSGS_MIN_ALLOC ? MSGS_MIN_ALLOC : doc->msgs_alloc * 2;
-        struct state_msg *msgs;
-
-        if (alloc > SIZE_MAX / sizeof(*msgs))
-            return NULL;
-        msgs = realloc(doc->msgs, alloc * sizeof(*msgs));
-        if (msgs == NULL)
-            return NULL;
-        doc->msgs = msgs;
-        doc->msgs_alloc = alloc;
-    }
+    if (grow_msgs(doc) != 0)
+        return NULL;
     m = &doc->msgs[i];
     memmove(m + 1, m, (doc->nmsgs - i) * sizeof(*m));
     memset(m, 0, sizeof(*m));

@@ -277,11 +277,11 @@ static int move_aside(struct state_store *st, const char *base, const char *name
             snprintf(moved, mcap, "%s.corrupt-%lld-%d", base, now, n);
         if (fstatat(st->dirfd, moved, &sb, AT_SYMLINK_NOFOLLOW) == 0)
             continue;
-        if (errno != ENOENT)
+        if (errno != ENOENT) {
             e = errno;
-        else if (renameat(st->dirfd, name, st->dirfd, moved) != 0)
+        } else if (renameat(st->dirfd, name, st->dirfd, moved) != 0) {
             e = errno;
-        else {
+        } else {
             fsync(st->dirfd); /* the next save's folder fsync would cover it too */
             return 0;
         }
@@ -312,7 +312,10 @@ int state_store_load(struct state_store *st, const char *user, size_t len, struc
     /* Made first: it also checks that the name can be stored at all. */
     fresh = state_doc_new(user, len);
     if (fresh == NULL) {
-        errf(err, ecap, "%s", errno == EINVAL ? "user name is not UTF-8" : "out of memory");
+        errf(err, ecap, "%s",
+             errno != EINVAL ? "out of memory"
+             : len == 0      ? "empty user name"
+                             : "user name is not UTF-8");
         return -1;
     }
     state_store_file_name(user, len, base, sizeof(base));

@@ -35,7 +35,7 @@ void state_store_close(struct state_store **st);
  * "<name>.lock", "<name>.tmp-<pid>-<n>" and "<name>.corrupt-<unix time>[-<n>]":
  * '.' may occur in a name, but no name's files are another name's files, because
  * the last dot-separated part tells the kinds apart. Writes into out
- * (cap >= STATE_STORE_NAME_MAX + 1). Pure; exposed for tests.
+ * (cap >= STATE_STORE_NAME_MAX + 1; a smaller cap gets ""). Pure; exposed for tests.
  */
 #define STATE_STORE_NAME_MAX 250
 void state_store_file_name(const char *user, size_t len, char *out, size_t cap);
@@ -46,10 +46,10 @@ void state_store_file_name(const char *user, size_t len, char *out, size_t cap);
  * parse, or whose "user" is another user (a name collision), is renamed to
  * "<name>.corrupt-<unix time>", a warning is put in warn (cap bytes; "" when none)
  * and a new empty document is returned: the session goes on. Returns 0 with
- * *doc_r, or -1 with err on an I/O error, a user name that holds a NUL byte or is
- * not UTF-8, a document of a newer version (left in place: rebuilding it would
- * throw away what a newer popgate recorded), or a document that is not a regular
- * file (a symbolic link is never followed).
+ * *doc_r, or -1 with err on an I/O error, a user name that is empty, holds a NUL
+ * byte or is not UTF-8, a document of a newer version (left in place: rebuilding
+ * it would throw away what a newer popgate recorded), or a document that is not a
+ * regular file (a symbolic link is never followed).
  * Blocking: call it off the event loop.
  */
 int state_store_load(struct state_store *st, const char *user, size_t len, struct state_doc **doc_r,

@@ -3,6 +3,7 @@
 #include "uidl.h"
 
 #include <string.h>
+#include <strings.h>
 
 /* Each of UID and UIDVALIDITY is a uint32_t: eight hex digits. */
 #define UIDL_HEX_DIGITS 8
@@ -362,4 +363,47 @@ uint64_t uidl_msgid_hash(const char *msgid, size_t len)
     h = uidl_fnv1a(UIDL_FNV_OFFSET, msgid, len);
     /* 0 means "unknown" in the state; a real id must never look like that. */
     return h != 0 ? h : 1;
+}
+
+size_t uidl_header_field(const char *hdr, size_t len, const char *name, char *out, size_t cap)
+{
+    const size_t name_len = strlen(name);
+    size_t i = 0;
+    if (cap == 0)
+        return 0;
+    while (i < len) {
+        size_t eol = i;
+        while (eol < len && hdr[eol] != '\n')
+            eol++;
+        if (eol - i > name_len && hdr[i + name_len] == ':' &&
+            strncasecmp(hdr + i, name, name_len) == 0) {
+            /* The value, with continuation lines unfolded and the ends trimmed. */
+            size_t o = 0;
+            size_t p = i + name_len + 1;
+            for (;;) {
+                for (; p < eol; p++) {
+                    char c = hdr[p] == '\t' || hdr[p] == '\r' ? ' ' : hdr[p];
+                    if (c == ' ' && (o == 0 || out[o - 1] == ' '))
+                        continue;
+                    if (o + 1 < cap)
+                        out[o++] = c;
+                }
+                if (eol + 1 < len && (hdr[eol + 1] == ' ' || hdr[eol + 1] == '\t')) {
+                    p = eol + 1;
+                    eol = p;
+                    while (eol < len && hdr[eol] != '\n')
+                        eol++;
+                    continue;
+                }
+                break;
+            }
+            while (o > 0 && out[o - 1] == ' ')
+                o--;
+            out[o] = '\0';
+            return o;
+        }
+        i = eol + 1;
+    }
+    out[0] = '\0';
+    return 0;
 }

@@ -85,4 +85,14 @@ uint64_t uidl_fnv1a(uint64_t h, const void *data, size_t len);
  */
 uint64_t uidl_msgid_hash(const char *msgid, size_t len);
 
+/*
+ * Finds the header field name (case-insensitive, e.g. "Message-ID") in the header
+ * bytes hdr[0..len) and writes its value into out (cap bytes, NUL-terminated):
+ * continuation lines unfolded, runs of blanks as one space, ends trimmed, cut at
+ * cap. Returns the value's length, 0 when absent (or empty).
+ */
+#define UIDL_HEADER_VALUE_MAX 1000
+
+size_t uidl_header_field(const char *hdr, size_t len, const char *name, char *out, size_t cap);
+
 #endif

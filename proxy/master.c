@@ -103,13 +103,22 @@ static void child_cb(struct ev_loop *l, ev_child *w, int revents);
 static void spawn(unsigned slot)
 {
     struct worker_proc *p = &procs[slot];
+    /* Until the worker has its own handlers, a TERM or HUP must wait, not kill it:
+     * blocked across fork, the worker unblocks them once it is set up. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    sigprocmask(SIG_BLOCK, &block, &old);
     pid_t pid = fork();
+    if (pid == 0)
+        become_worker(slot);
+    sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         log_line(LOG_ERROR, "event=fork_failed reason=\"%s\"", strerror(errno));
         return;
     }
-    if (pid == 0)
-        become_worker(slot);
     p->pid = pid;
     p->generation = generation;
     p->stopping = false;

@@ -110,6 +110,7 @@ static void session_free_cb(void *p)
     free(s->uidl_arena);
     free(s->uidl_offsets);
     free(s->fixes);
+    free(s->msgid_hashes);
     if (s->user != NULL) {
         explicit_bzero(s->user, s->user_len);
         free(s->user);

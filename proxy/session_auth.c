@@ -410,6 +410,10 @@ static void up_done(void *ctx, enum upstream_status st, const char *raw_detail)
     const char *detail = log_str(q, sizeof(q), raw_detail);
     switch (s->job) {
     case JOB_LOGIN:
+        if (s->fetching_headers) {
+            session_state_headers_done(s, st, detail);
+            return;
+        }
         if (!login_done(s, st, detail))
             return; /* the state job (or a refusal) ends it */
         break;
@@ -464,6 +468,11 @@ static void up_body_end(void *ctx)
     (void)ctx;
 }
 
+static void up_header(void *ctx, uint32_t uid, const char *p, size_t n)
+{
+    session_state_header(ctx, uid, p, n);
+}
+
 const struct upstream_handler session_upstream_handler = {
     .done = up_done,
     .failed = up_failed,
@@ -471,4 +480,5 @@ const struct upstream_handler session_upstream_handler = {
     .body_begin = up_body_begin,
     .body_data = up_body_data,
     .body_end = up_body_end,
+    .header = up_header,
 };

@@ -113,6 +113,9 @@ struct session {
 
     /* Per-user state (session_state.c). */
     struct state_job *state_job;    /* the login's lock+load job, while it runs */
+    bool state_job_owned;           /* state_job is back from the thread, held by us */
+    bool fetching_headers;          /* the login waits for every Message-ID */
+    uint64_t *msgid_hashes;         /* by message number - 1, while fetching */
     struct state_lock *lock;        /* this mailbox's lock, held for the session */
     char *uidl_arena;               /* UIDLs of the snapshot, NUL-separated */
     uint32_t *uidl_offsets;         /* by message number - 1 */
@@ -192,6 +195,8 @@ int session_state_login(struct session *s);
 /* The UIDL of message n (1-based) of the snapshot. */
 const char *session_state_uidl(const struct session *s, uint32_t n);
 void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size);
+void session_state_header(struct session *s, uint32_t uid, const char *p, size_t n);
+void session_state_headers_done(struct session *s, enum upstream_status st, const char *detail);
 /* The session ends: save what changed, then release the mailbox lock. */
 void session_state_end(struct session *s);
 

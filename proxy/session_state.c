@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "imap_writer.h"
 #include "log.h"
 #include "metrics.h"
 #include "session_int.h"
@@ -12,6 +13,8 @@
 #include "uidl_assign.h"
 
 #define STATE_ERR_MAX 256
+/* The longest UID set of new messages asked for in one header fetch. */
+#define SESSION_STATE_SET_MAX 8000
 
 static struct state_store *store;
 
@@ -116,6 +119,7 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
         (void)maildrop_get(s->md, i + 1, &m);
         msgs[i].uid = m->uid;
         msgs[i].size = m->size;
+        msgs[i].msgid_hash = s->msgid_hashes != NULL ? s->msgid_hashes[i] : 0;
         uids[i] = m->uid;
     }
     const struct uidl_assign_folder f = {
@@ -185,6 +189,78 @@ out:
     return rc;
 }
 
+/* The state is loaded (and, when needed, the Message-IDs fetched): build the snapshot. */
+static void finish_login_state(struct session *s, struct state_job *j)
+{
+    s->state_job = NULL;
+    s->state_job_owned = false;
+    const char *error = NULL;
+    int rc = apply_state(s, j->doc, &error);
+    free(s->msgid_hashes);
+    s->msgid_hashes = NULL;
+    if (rc < 0) {
+        session_log(s, "event=login_failed reason=\"state: %s\"", error);
+        job_free(j);
+        session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        return;
+    }
+    /* The lock now belongs to the session; the document goes to disk and is freed. */
+    s->lock = j->lock;
+    j->lock = NULL;
+    time_t now = time(NULL);
+    if (j->doc->first_login == 0)
+        j->doc->first_login = now;
+    j->doc->last_login = now;
+    j->session = NULL;
+    if (state_worker_submit(save_work, save_done, j) < 0)
+        job_free(j);
+    session_login_ready(s);
+}
+
+/* A folder's index in the document, or -1 (without adding it). */
+static int find_folder(const struct state_doc *doc, const char *name)
+{
+    for (size_t i = 0; i < doc->nfolders; i++)
+        if (strcmp(doc->folders[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/*
+ * Every message's Message-ID hash is recorded the first time popgate sees it, so
+ * that after a UIDVALIDITY change (a rebuilt or restored mailbox) the old UIDLs can
+ * be found again. Fills s->msgid_hashes from the state and writes the UIDs still
+ * unknown into an IMAP set in out; returns how many there are (all of them after a
+ * UIDVALIDITY change: the old UIDs mean nothing then).
+ */
+static uint32_t unknown_msgids(struct session *s, const struct state_doc *doc, char *out,
+                               size_t cap)
+{
+    const uint32_t n = maildrop_count(s->md);
+    int f = find_folder(doc, "INBOX");
+    bool same = f >= 0 && doc->folders[f].uidvalidity == maildrop_uidvalidity(s->md);
+    uint32_t *missing = malloc(n * sizeof(*missing));
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct maildrop_msg *m = NULL;
+        (void)maildrop_get(s->md, i + 1, &m);
+        const struct state_msg *sm =
+            same ? state_doc_find((struct state_doc *)doc, (uint16_t)f, m->uid) : NULL;
+        if (sm != NULL && sm->msgid_hash != 0)
+            s->msgid_hashes[i] = sm->msgid_hash;
+        else if (missing != NULL)
+            missing[k++] = m->uid;
+        else
+            k++;
+    }
+    size_t used = 0;
+    if (missing == NULL || k == 0 || imap_writer_uid_set(out, cap, missing, k, &used) == 0 ||
+        used < k)
+        snprintf(out, cap, "1:*"); /* scattered: ask for all, the known ones are harmless */
+    free(missing);
+    return k;
+}
+
 static void login_state_done(void *arg)
 {
     struct state_job *j = arg;
@@ -211,24 +287,67 @@ static void login_state_done(void *arg)
         char q[LOG_VALUE_MAX];
         session_log(s, "event=state_corrupt detail=%s", log_str(q, sizeof(q), j->warn));
     }
-    const char *error = NULL;
-    if (apply_state(s, j->doc, &error) < 0) {
-        session_log(s, "event=login_failed reason=\"state: %s\"", error);
+    uint32_t n = maildrop_count(s->md);
+    s->msgid_hashes = n > 0 ? calloc(n, sizeof(*s->msgid_hashes)) : NULL;
+    if (s->msgid_hashes != NULL) {
+        char set[SESSION_STATE_SET_MAX];
+        uint32_t unknown = unknown_msgids(s, j->doc, set, sizeof(set));
+        if (unknown > 0) {
+            int f = find_folder(j->doc, "INBOX");
+            if (f >= 0 && j->doc->folders[f].uidvalidity != 0 &&
+                j->doc->folders[f].uidvalidity != maildrop_uidvalidity(s->md))
+                session_log(s, "event=state_reassociate old_uidvalidity=%u uidvalidity=%u",
+                            j->doc->folders[f].uidvalidity, maildrop_uidvalidity(s->md));
+            s->state_job = j; /* held by the session while the headers arrive */
+            s->state_job_owned = true;
+            s->fetching_headers = true;
+            upstream_fetch_headers(s->up, set, "MESSAGE-ID");
+            return;
+        }
+    }
+    finish_login_state(s, j);
+}
+
+void session_state_header(struct session *s, uint32_t uid, const char *p, size_t n)
+{
+    if (s->msgid_hashes == NULL)
+        return;
+    /* The snapshot is sorted by UID: find the message's index. */
+    uint32_t lo = 1, hi = maildrop_count(s->md);
+    while (lo <= hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        const struct maildrop_msg *m = NULL;
+        (void)maildrop_get(s->md, mid, &m);
+        if (m->uid == uid) {
+            char msgid[UIDL_HEADER_VALUE_MAX];
+            size_t len = uidl_header_field(p, n, "Message-ID", msgid, sizeof(msgid));
+            s->msgid_hashes[mid - 1] = len > 0 ? uidl_msgid_hash(msgid, len) : 0;
+            return;
+        }
+        if (m->uid < uid)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+}
+
+void session_state_headers_done(struct session *s, enum upstream_status st, const char *detail)
+{
+    s->fetching_headers = false;
+    struct state_job *j = s->state_job;
+    if (st != UPSTREAM_OK) {
+        /* Without Message-IDs the old UIDLs cannot be found again: better to refuse this
+         * login than to make the client download everything twice. */
+        session_log(s, "event=login_failed class=%s reason=%s", upstream_status_name(st), detail);
+        s->state_job = NULL;
+        s->state_job_owned = false;
+        free(s->msgid_hashes);
+        s->msgid_hashes = NULL;
         job_free(j);
         session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
         return;
     }
-    /* The lock now belongs to the session; the document goes to disk and is freed. */
-    s->lock = j->lock;
-    j->lock = NULL;
-    time_t now = time(NULL);
-    if (j->doc->first_login == 0)
-        j->doc->first_login = now;
-    j->doc->last_login = now;
-    j->session = NULL;
-    if (state_worker_submit(save_work, save_done, j) < 0)
-        job_free(j);
-    session_login_ready(s);
+    finish_login_state(s, j);
 }
 
 int session_state_login(struct session *s)
@@ -290,9 +409,14 @@ static void update_done(void *arg)
 void session_state_end(struct session *s)
 {
     if (s->state_job != NULL) {
-        /* The login job still runs: it cleans up after itself. */
-        s->state_job->session = NULL;
+        if (s->state_job_owned) {
+            job_free(s->state_job); /* waiting for headers: unlock now */
+        } else {
+            /* The login job still runs on the thread: it cleans up after itself. */
+            s->state_job->session = NULL;
+        }
         s->state_job = NULL;
+        s->state_job_owned = false;
     }
     if (s->lock == NULL)
         return;

@@ -27,6 +27,8 @@
 #define UPSTREAM_SET_MAX    4000
 #define UPSTREAM_DETAIL_MAX 256
 #define UPSTREAM_TEXT_MAX   160
+/* Header fields kept per message for upstream_fetch_headers (a Message-ID fits). */
+#define UPSTREAM_HDR_MAX 1024
 
 enum stage {
     ST_IDLE,
@@ -41,6 +43,7 @@ enum stage {
     ST_SELECT,
     ST_SIZES,
     ST_FETCH,
+    ST_HEADERS,
     ST_STORE,
     ST_EXPUNGE,
     ST_LOGOUT,
@@ -64,7 +67,8 @@ struct resp {
     bool has_uid, has_size;
     uint32_t uid;
     uint64_t size;
-    bool streaming; /* this literal is the fetched section */
+    bool streaming;  /* this literal is the fetched section */
+    bool collecting; /* this literal is a header section kept for upstream_fetch_headers */
 };
 
 struct upstream {
@@ -116,6 +120,10 @@ struct upstream {
     /* Fetch. */
     uint32_t fetch_uid;
     bool body_seen;
+
+    /* Header fields of every message (upstream_fetch_headers). */
+    char hdr[UPSTREAM_HDR_MAX];
+    size_t hdr_len;
 
     /* Delete. */
     uint32_t *del_uids;
@@ -600,6 +608,11 @@ static void on_tagged(struct upstream *u)
             set_detail(u, "fetch of uid %u refused: %s", u->fetch_uid, r->text);
         finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
         return;
+    case ST_HEADERS:
+        if (!ok)
+            set_detail(u, "header fetch refused: %s", r->text);
+        finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
+        return;
     case ST_STORE:
     case ST_EXPUNGE:
         if (!ok) {
@@ -727,6 +740,10 @@ static void on_untagged_end(struct upstream *u)
         u->exists = r->num;
         return;
     }
+    if (r->numbered && strcasecmp(r->word, "FETCH") == 0 && u->stage == ST_HEADERS && r->has_uid) {
+        u->h->header(u->ctx, r->uid, u->hdr, u->hdr_len);
+        return;
+    }
     if (r->numbered && strcasecmp(r->word, "FETCH") == 0 && u->stage == ST_SIZES && r->has_uid &&
         r->has_size) {
         if (maildrop_add(u->md, r->uid, r->size) < 0)
@@ -775,6 +792,15 @@ static void fetch_value_atom(struct upstream *u, const struct imap_event *ev)
         r->size = ev->num;
         r->has_size = true;
     }
+}
+
+static void hdr_append(struct upstream *u, const char *p, size_t n)
+{
+    size_t room = sizeof(u->hdr) - u->hdr_len;
+    if (n > room)
+        n = room; /* a longer header is cut: the fields asked for come first anyway */
+    memcpy(u->hdr + u->hdr_len, p, n);
+    u->hdr_len += n;
 }
 
 static bool is_section_item(const char *item)
@@ -860,7 +886,10 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         r->want_value = false;
         break;
     case IMAP_EV_STRING:
-        section_string(u, ev->str.p, ev->str.len);
+        if (u->stage == ST_HEADERS && is_section_item(r->item))
+            hdr_append(u, ev->str.p, ev->str.len);
+        else
+            section_string(u, ev->str.p, ev->str.len);
         r->want_value = false;
         break;
     case IMAP_EV_NIL:
@@ -871,6 +900,7 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         r->skip_depth = ev->depth; /* FLAGS (...), BODYSTRUCTURE (...) */
         break;
     case IMAP_EV_LITERAL_BEGIN:
+        r->collecting = u->stage == ST_HEADERS && is_section_item(r->item);
         r->streaming = section_wanted(u);
         if (r->streaming) {
             u->body_seen = true;
@@ -888,6 +918,7 @@ static void on_event(struct upstream *u, const struct imap_event *ev)
     switch (ev->type) {
     case IMAP_EV_BEGIN:
         memset(r, 0, sizeof(*r));
+        u->hdr_len = 0;
         r->kind = ev->kind;
         r->ours = ev->kind == IMAP_RESP_TAGGED && ev->str.len == strlen(u->tag) &&
                   memcmp(ev->str.p, u->tag, ev->str.len) == 0;
@@ -901,8 +932,11 @@ static void on_event(struct upstream *u, const struct imap_event *ev)
     case IMAP_EV_LITERAL_DATA:
         if (r->streaming)
             u->h->body_data(u->ctx, ev->str.p, ev->str.len);
+        else if (r->collecting)
+            hdr_append(u, ev->str.p, ev->str.len);
         return;
     case IMAP_EV_LITERAL_END:
+        r->collecting = false;
         if (r->streaming) {
             r->streaming = false;
             u->h->body_end(u->ctx);
@@ -1281,6 +1315,13 @@ void upstream_fetch(struct upstream *u, uint32_t uid, const char *item)
     u->fetch_uid = uid;
     u->body_seen = false;
     run_command(u, ST_FETCH, "UID FETCH", args);
+}
+
+void upstream_fetch_headers(struct upstream *u, const char *uid_set, const char *fields)
+{
+    char args[IMAP_CMD_MAX - 64];
+    snprintf(args, sizeof(args), "%s (UID BODY.PEEK[HEADER.FIELDS (%s)])", uid_set, fields);
+    run_command(u, ST_HEADERS, "UID FETCH", args);
 }
 
 static void start_next_delete(struct upstream *u)

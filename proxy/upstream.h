@@ -40,6 +40,8 @@ struct upstream_handler {
     void (*body_begin)(void *ctx, uint64_t size);
     void (*body_data)(void *ctx, const char *p, size_t n);
     void (*body_end)(void *ctx);
+    /* upstream_fetch_headers: one message's header fields (cut at 1 KiB). */
+    void (*header)(void *ctx, uint32_t uid, const char *p, size_t n);
 };
 
 struct upstream;
@@ -94,6 +96,13 @@ bool upstream_has_uidplus(const struct upstream *u);
  * was expunged) is done(OK) with no body_begin.
  */
 void upstream_fetch(struct upstream *u, uint32_t uid, const char *item);
+
+/*
+ * UID FETCH <uid_set> (UID BODY.PEEK[HEADER.FIELDS (<fields>)]): header() for
+ * every message, then done(). uid_set ("5:9,12" or "1:*") and fields
+ * ("MESSAGE-ID X-UIDL") are trusted text.
+ */
+void upstream_fetch_headers(struct upstream *u, const char *uid_set, const char *fields);
 
 /*
  * Sets \Deleted on uids[0..n) (sorted, distinct) and, when expunge is true,

@@ -90,6 +90,14 @@ int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen
     ev_signal_init(&sigint_w, stop_cb, SIGINT);
     ev_signal_start(loop, &sigterm_w);
     ev_signal_start(loop, &sigint_w);
+    /* The master blocked these across fork; now they have handlers (a TERM that came
+     * meanwhile is delivered here, so a fresh worker still stops cleanly). */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
 
     ev_run(loop, 0);
 

@@ -38,10 +38,15 @@ class StateTests(unittest.TestCase):
     def setUpClass(cls):
         cls.dovecot = harness.Dovecot()
         cls.addClassCleanup(cls.dovecot.stop)
+        cls.dovecot.add_user("rebuild", "rebuild-pw")
         for user in ("st", "lock", "crash"):
             cls.dovecot.add_user(user, user + "-pw")
             for i in range(3):
                 cls.dovecot.add_message(user, b"Subject: s%d\r\n\r\nbody %d\r\n" % (i, i))
+        # two messages with the same Message-ID and size: re-associated by order
+        for i in range(4):
+            cls.dovecot.add_message("rebuild", b"Message-ID: <m%d@test>\r\nSubject: r%d\r\n\r\n"
+                                    b"body %d\r\n" % (i if i < 3 else 2, i, i))
         cls.dovecot.start()
         cls.popgate = harness.Popgate(cls.dovecot.port, extra={"workers": 2})
         cls.addClassCleanup(cls._stop)
@@ -129,6 +134,42 @@ class StateTests(unittest.TestCase):
                 pass
             time.sleep(0.3)
         self.assertTrue(reply.startswith(b"+OK"), "login after the holder died: %r" % reply)
+
+
+    def uidl_by_body(self, user):
+        """{message bytes: UIDL} over one session."""
+        c = self.pop()
+        self.assertTrue(c.login(user, user + "-pw").startswith(b"+OK"))
+        self.assertTrue(c.cmd("UIDL").startswith(b"+OK"))
+        uidls = dict(line.decode().split() for line in c.read_multi_lines())
+        result = {}
+        for n, uidl in uidls.items():
+            self.assertTrue(c.cmd("RETR %s" % n).startswith(b"+OK"))
+            body = b"\r\n".join(c.read_multi_lines())
+            result.setdefault(body, []).append(uidl)
+        self.assertTrue(c.cmd("QUIT").startswith(b"+OK"))
+        c.close()
+        return result
+
+    def test_uidvalidity_change_keeps_every_uidl(self):
+        before = self.uidl_by_body("rebuild")
+        self.assertEqual(sum(len(v) for v in before.values()), 4)
+        with self.dovecot.imap("rebuild") as im:
+            old_validity = im.uidvalidity
+        time.sleep(1.2)  # Dovecot derives a new UIDVALIDITY from the clock
+        # The mailbox is rebuilt (restored from backup): new UIDVALIDITY, new UIDs.
+        maildir = self.dovecot.maildir("rebuild")
+        for name in os.listdir(maildir):
+            if name == "dovecot-uidlist" or name.startswith("dovecot.index"):
+                os.unlink(os.path.join(maildir, name))
+        with self.dovecot.imap("rebuild") as im:
+            self.assertNotEqual(im.uidvalidity, old_validity, "UIDVALIDITY did not change")
+        after = self.uidl_by_body("rebuild")
+        self.assertEqual({k: sorted(v) for k, v in after.items()},
+                         {k: sorted(v) for k, v in before.items()},
+                         "UIDLs after the UIDVALIDITY change")
+        log = self.popgate.log_text()
+        self.assertIn("event=state_reassociate", log)
 
 
 if __name__ == "__main__":
