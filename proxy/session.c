@@ -110,7 +110,9 @@ static void session_free_cb(void *p)
     free(s->uidl_arena);
     free(s->uidl_offsets);
     free(s->fixes);
-    free(s->msgid_hashes);
+    session_state_free_headers(s);
+    free(s->retr_uids);
+    free(s->hides);
     if (s->user != NULL) {
         explicit_bzero(s->user, s->user_len);
         free(s->user);

@@ -72,7 +72,7 @@ static void auth_failed(struct session *s, const char *code, const char *text)
 /* Routes s->user and opens its upstream; NULL (after answering the client) on failure. */
 static struct upstream *open_upstream(struct session *s)
 {
-    struct route_result r;
+    struct route_result r = {0};
     s->login_started = ev_now(s->loop);
     if (route_resolve(s->cfg, s->user, s->user_len, &r) < 0) {
         /* Same answer as a wrong password: no enumeration of who exists. */
@@ -82,6 +82,7 @@ static struct upstream *open_upstream(struct session *s)
         return NULL;
     }
     s->upstream_cfg = r.upstream;
+    s->mapping = r.mapping != NULL ? r.mapping : &s->cfg->mapping;
     memcpy(s->login, r.login, r.login_len + 1);
     s->login_len = r.login_len;
     s->up = upstream_new(s->loop, r.upstream, &s->cfg->limits, s->id, &session_upstream_handler, s);
@@ -422,6 +423,7 @@ static void up_done(void *ctx, enum upstream_status st, const char *raw_detail)
     case JOB_TOP_BODY:
         session_retr_done(s, st, detail);
         return; /* it ends the job itself, or starts the next fetch */
+    case JOB_QUIT_SEEN:
     case JOB_QUIT_DELETE:
     case JOB_QUIT_LOGOUT:
         session_quit_done(s, st, detail);

@@ -8,6 +8,21 @@
 
 void session_cmd_capa(struct session *s)
 {
+    /* RFC 2449: before login the value may differ per user ("USER"); after, it is this
+     * user's. */
+    const struct config_mapping *m = s->mapping != NULL ? s->mapping : &s->cfg->mapping;
+    bool per_user = s->state == SESSION_AUTHORIZATION;
+    char login_delay_buf[32], expire_buf[32];
+    const char *login_delay = NULL, *expire = NULL;
+    if (m->login_delay > 0) {
+        snprintf(login_delay_buf, sizeof(login_delay_buf), "%u%s", m->login_delay,
+                 per_user ? " USER" : "");
+        login_delay = login_delay_buf;
+    }
+    if (m->expire != NULL) {
+        snprintf(expire_buf, sizeof(expire_buf), "%s%s", m->expire, per_user ? " USER" : "");
+        expire = expire_buf;
+    }
     /* The same list before and after login: some clients ask only once. What
      * changes is only what TLS changes: STLS, and the login methods it unlocks. */
     const struct pop3_capa capa = {
@@ -17,6 +32,8 @@ void session_cmd_capa(struct session *s)
         .stls = s->listener->tls == CONFIG_TLS_STARTTLS && !s->secure &&
                 s->state == SESSION_AUTHORIZATION,
         .sasl = session_sasl_mechs(s),
+        .login_delay = login_delay,
+        .expire = expire,
         .resp_codes = true,
         .auth_resp_code = true,
         .pipelining = true,

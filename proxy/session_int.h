@@ -45,6 +45,7 @@ enum session_job {
     JOB_RETR,
     JOB_TOP_HEADER,
     JOB_TOP_BODY,
+    JOB_QUIT_SEEN,
     JOB_QUIT_DELETE,
     JOB_QUIT_LOGOUT,
     JOB_STLS, /* STLS answered: the handshake starts once the answer is written */
@@ -112,13 +113,20 @@ struct session {
     uint64_t top_lines, top_offset, top_chunk, top_got;
 
     /* Per-user state (session_state.c). */
-    struct state_job *state_job;    /* the login's lock+load job, while it runs */
-    bool state_job_owned;           /* state_job is back from the thread, held by us */
-    bool fetching_headers;          /* the login waits for every Message-ID */
-    uint64_t *msgid_hashes;         /* by message number - 1, while fetching */
-    struct state_lock *lock;        /* this mailbox's lock, held for the session */
-    char *uidl_arena;               /* UIDLs of the snapshot, NUL-separated */
-    uint32_t *uidl_offsets;         /* by message number - 1 */
+    struct state_job *state_job; /* the login's lock+load job, while it runs */
+    bool state_job_owned;        /* state_job is back from the thread, held by us */
+    bool fetching_headers;       /* the login waits for every Message-ID */
+    char **xuidls;               /* X-UIDL header values by message number - 1 (reuse_xuidl) */
+    size_t nxuidls;
+    uint64_t *msgid_hashes;               /* by message number - 1, while fetching */
+    struct state_lock *lock;              /* this mailbox's lock, held for the session */
+    char *uidl_arena;                     /* UIDLs of the snapshot, NUL-separated */
+    uint32_t *uidl_offsets;               /* by message number - 1 */
+    const struct config_mapping *mapping; /* the route's settings, once routed */
+    uint32_t *retr_uids;                  /* RETR'd messages, for on_retr "seen" */
+    size_t nretr_uids;
+    uint32_t *hides; /* messages the state must hide from now on (on_delete flag/hide) */
+    size_t nhides;
     struct session_size_fix *fixes; /* sizes that differed from RFC822.SIZE */
     size_t nfixes;
 
@@ -195,6 +203,9 @@ int session_state_login(struct session *s);
 /* The UIDL of message n (1-based) of the snapshot. */
 const char *session_state_uidl(const struct session *s, uint32_t n);
 void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size);
+void session_state_hide(struct session *s, uint32_t uid);
+/* Frees the per-message header data gathered at login. */
+void session_state_free_headers(struct session *s);
 void session_state_header(struct session *s, uint32_t uid, const char *p, size_t n);
 void session_state_headers_done(struct session *s, enum upstream_status st, const char *detail);
 /* The session ends: save what changed, then release the mailbox lock. */

@@ -1,4 +1,4 @@
-/* QUIT from TRANSACTION: the UPDATE state, where DELE marks become IMAP deletions. */
+/* QUIT from TRANSACTION: the UPDATE state, where DELE marks and RETRs become IMAP changes. */
 #include <stdlib.h>
 
 #include "session_int.h"
@@ -9,9 +9,72 @@ static void logout(struct session *s)
     upstream_logout(s->up);
 }
 
-void session_cmd_quit(struct session *s)
+static void update_failed(struct session *s, const char *why)
 {
-    s->state = SESSION_UPDATE;
+    session_log(s, "event=update_failed reason=\"%s\"", why);
+    session_reply(s, false, "SYS/TEMP", "Deleted messages not removed, try again later");
+    s->flush_close = true;
+    s->result = "update_failed";
+}
+
+static int cmp_uid(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* on_retr "seen": \Seen on what was retrieved and is not being deleted. */
+static bool start_seen(struct session *s)
+{
+    if (!s->mapping->on_retr_seen || s->nretr_uids == 0)
+        return false;
+    qsort(s->retr_uids, s->nretr_uids, sizeof(*s->retr_uids), cmp_uid);
+    size_t k = 0;
+    for (size_t i = 0; i < s->nretr_uids; i++) {
+        if (k > 0 && s->retr_uids[k - 1] == s->retr_uids[i])
+            continue;
+        s->retr_uids[k++] = s->retr_uids[i];
+    }
+    s->nretr_uids = k;
+    const struct upstream_step step = {UPSTREAM_STEP_STORE, "\\Seen"};
+    s->job = JOB_QUIT_SEEN;
+    upstream_batch(s->up, s->retr_uids, s->nretr_uids, &step, 1);
+    return true;
+}
+
+/* The steps on_delete asks for; sets quit_partial when the server cannot do them whole. */
+static size_t delete_steps(struct session *s, struct upstream_step *steps)
+{
+    const struct config_mapping *m = s->mapping;
+    bool uidplus = upstream_has_uidplus(s->up);
+    size_t n = 0;
+    switch (m->on_delete) {
+    case CONFIG_DELETE_HIDE:
+        return 0;
+    case CONFIG_DELETE_FLAG:
+        steps[n++] = (struct upstream_step){UPSTREAM_STEP_STORE, m->on_delete_arg};
+        return n;
+    case CONFIG_DELETE_MOVE:
+        if (upstream_has_move(s->up)) {
+            steps[n++] = (struct upstream_step){UPSTREAM_STEP_MOVE, m->on_delete_arg};
+            return n;
+        }
+        steps[n++] = (struct upstream_step){UPSTREAM_STEP_COPY, m->on_delete_arg};
+        break;
+    case CONFIG_DELETE_EXPUNGE:
+        break;
+    }
+    steps[n++] = (struct upstream_step){UPSTREAM_STEP_STORE, "\\Deleted"};
+    /* A plain EXPUNGE would also remove what other clients marked \Deleted. */
+    if (uidplus)
+        steps[n++] = (struct upstream_step){UPSTREAM_STEP_EXPUNGE, NULL};
+    else
+        s->quit_partial = true;
+    return n;
+}
+
+static void start_delete(struct session *s)
+{
     uint32_t n = maildrop_deleted_count(s->md);
     if (n == 0) {
         logout(s);
@@ -19,28 +82,52 @@ void session_cmd_quit(struct session *s)
     }
     uint32_t *uids = malloc(n * sizeof(*uids));
     if (uids == NULL) {
-        session_log(s, "event=update_failed reason=\"out of memory\"");
-        session_reply(s, false, "SYS/TEMP", "Deleted messages not removed, try again later");
-        s->flush_close = true;
-        s->result = "update_failed";
+        update_failed(s, "out of memory");
         return;
     }
     size_t got = maildrop_deleted_uids(s->md, uids, n);
-    /* A plain EXPUNGE would also remove what other clients marked \Deleted. */
-    s->quit_partial = !upstream_has_uidplus(s->up);
+    /* flag and hide keep the message upstream: the state hides it from later sessions. */
+    if (s->mapping->on_delete == CONFIG_DELETE_FLAG || s->mapping->on_delete == CONFIG_DELETE_HIDE)
+        for (size_t i = 0; i < got; i++)
+            session_state_hide(s, uids[i]);
+    struct upstream_step steps[3];
+    size_t nsteps = delete_steps(s, steps);
     if (s->quit_partial)
         session_log(s,
                     "event=update_partial reason=\"upstream lacks UIDPLUS; messages flagged "
                     "\\\\Deleted but not expunged\" count=%u",
                     n);
+    if (nsteps == 0) {
+        free(uids);
+        s->deleted_count = n;
+        logout(s);
+        return;
+    }
     s->job = JOB_QUIT_DELETE;
-    upstream_delete(s->up, uids, got, !s->quit_partial);
+    upstream_batch(s->up, uids, got, steps, nsteps);
     free(uids);
+}
+
+void session_cmd_quit(struct session *s)
+{
+    s->state = SESSION_UPDATE;
+    if (!start_seen(s))
+        start_delete(s);
 }
 
 void session_quit_done(struct session *s, enum upstream_status st, const char *detail)
 {
-    if (s->job == JOB_QUIT_DELETE) {
+    if (s->job == JOB_QUIT_SEEN) {
+        /* \Seen is a courtesy to IMAP clients: a failure does not stop the deletions. */
+        if (st != UPSTREAM_OK)
+            session_log(s, "event=seen_failed class=%s reason=%s", upstream_status_name(st),
+                        detail);
+        if (st == UPSTREAM_OK || st == UPSTREAM_NO) {
+            start_delete(s);
+            return;
+        }
+    }
+    if (s->job == JOB_QUIT_DELETE || s->job == JOB_QUIT_SEEN) {
         if (st != UPSTREAM_OK) {
             session_log(s, "event=update_failed class=%s reason=%s", upstream_status_name(st),
                         detail);

@@ -1,6 +1,7 @@
 /* RETR and TOP: a message streamed from UID FETCH through the dot-stuffer to the client. */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "session_int.h"
 
@@ -95,6 +96,11 @@ static void finish_message(struct session *s)
         const struct maildrop_msg *msg = NULL;
         if (maildrop_get(s->md, s->xfer_n, &msg) == MAILDROP_OK && msg->size != s->ds.in_total)
             session_state_size_fix(s, s->xfer_uid, s->ds.in_total);
+        uint32_t *r = realloc(s->retr_uids, (s->nretr_uids + 1) * sizeof(*r));
+        if (r != NULL) { /* without it only \Seen is not set */
+            s->retr_uids = r;
+            s->retr_uids[s->nretr_uids++] = s->xfer_uid;
+        }
     }
     session_job_done(s);
 }

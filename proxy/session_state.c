@@ -40,6 +40,8 @@ struct state_job {
     /* For the final update: sizes measured while streaming. */
     struct session_size_fix *fixes;
     size_t nfixes;
+    uint32_t *hides;
+    size_t nhides;
 };
 
 static void job_free(struct state_job *j)
@@ -49,6 +51,7 @@ static void job_free(struct state_job *j)
     state_doc_free(&j->doc);
     free(j->key);
     free(j->fixes);
+    free(j->hides);
     free(j);
 }
 
@@ -120,6 +123,7 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
         msgs[i].uid = m->uid;
         msgs[i].size = m->size;
         msgs[i].msgid_hash = s->msgid_hashes != NULL ? s->msgid_hashes[i] : 0;
+        msgs[i].x_uidl = s->xuidls != NULL ? s->xuidls[i] : NULL;
         uids[i] = m->uid;
     }
     const struct uidl_assign_folder f = {
@@ -128,7 +132,8 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
         .msgs = msgs,
         .nmsgs = n,
     };
-    const struct uidl_assign_config cfg = {.tmpl = NULL, .reuse_xuidl = false};
+    const struct uidl_assign_config cfg = {.tmpl = s->mapping->uidl_format,
+                                           .reuse_xuidl = s->mapping->reuse_xuidl};
     struct uidl_assign_stats stats;
     if (uidl_assign(doc, &f, 1, &cfg, uidls, hidden, &stats, error_r) < 0)
         goto out;
@@ -196,8 +201,7 @@ static void finish_login_state(struct session *s, struct state_job *j)
     s->state_job_owned = false;
     const char *error = NULL;
     int rc = apply_state(s, j->doc, &error);
-    free(s->msgid_hashes);
-    s->msgid_hashes = NULL;
+    session_state_free_headers(s);
     if (rc < 0) {
         session_log(s, "event=login_failed reason=\"state: %s\"", error);
         job_free(j);
@@ -287,6 +291,16 @@ static void login_state_done(void *arg)
         char q[LOG_VALUE_MAX];
         session_log(s, "event=state_corrupt detail=%s", log_str(q, sizeof(q), j->warn));
     }
+    /* RFC 2449 LOGIN-DELAY: a device polling too often is told to wait. */
+    uint32_t delay = s->mapping->login_delay;
+    time_t now = time(NULL);
+    if (delay > 0 && j->doc->last_login > 0 && now - j->doc->last_login < (time_t)delay) {
+        session_log(s, "event=login_failed reason=\"login delay\" wait=%lld",
+                    (long long)(j->doc->last_login + delay - now));
+        job_free(j);
+        session_login_refused(s, "LOGIN-DELAY", "Minimum time between logins not reached");
+        return;
+    }
     uint32_t n = maildrop_count(s->md);
     s->msgid_hashes = n > 0 ? calloc(n, sizeof(*s->msgid_hashes)) : NULL;
     if (s->msgid_hashes != NULL) {
@@ -301,7 +315,12 @@ static void login_state_done(void *arg)
             s->state_job = j; /* held by the session while the headers arrive */
             s->state_job_owned = true;
             s->fetching_headers = true;
-            upstream_fetch_headers(s->up, set, "MESSAGE-ID");
+            if (s->mapping->reuse_xuidl) {
+                s->xuidls = calloc(n, sizeof(*s->xuidls));
+                s->nxuidls = s->xuidls != NULL ? n : 0;
+            }
+            upstream_fetch_headers(s->up, set,
+                                   s->xuidls != NULL ? "MESSAGE-ID X-UIDL" : "MESSAGE-ID");
             return;
         }
     }
@@ -322,6 +341,10 @@ void session_state_header(struct session *s, uint32_t uid, const char *p, size_t
             char msgid[UIDL_HEADER_VALUE_MAX];
             size_t len = uidl_header_field(p, n, "Message-ID", msgid, sizeof(msgid));
             s->msgid_hashes[mid - 1] = len > 0 ? uidl_msgid_hash(msgid, len) : 0;
+            if (s->xuidls != NULL && uidl_header_field(p, n, "X-UIDL", msgid, sizeof(msgid)) > 0) {
+                free(s->xuidls[mid - 1]);
+                s->xuidls[mid - 1] = strdup(msgid);
+            }
             return;
         }
         if (m->uid < uid)
@@ -341,8 +364,7 @@ void session_state_headers_done(struct session *s, enum upstream_status st, cons
         session_log(s, "event=login_failed class=%s reason=%s", upstream_status_name(st), detail);
         s->state_job = NULL;
         s->state_job_owned = false;
-        free(s->msgid_hashes);
-        s->msgid_hashes = NULL;
+        session_state_free_headers(s);
         job_free(j);
         session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
         return;
@@ -392,6 +414,11 @@ static void update_work(void *arg)
         if (m != NULL)
             m->real_size = j->fixes[i].size;
     }
+    for (size_t i = 0; i < j->nhides; i++) {
+        struct state_msg *m = state_doc_find(j->doc, (uint16_t)folder, j->hides[i]);
+        if (m != NULL)
+            m->hidden = true;
+    }
     j->rc = state_store_save(store, j->doc, j->err, sizeof(j->err));
 }
 
@@ -420,7 +447,7 @@ void session_state_end(struct session *s)
     }
     if (s->lock == NULL)
         return;
-    if (s->nfixes == 0 || store == NULL) {
+    if ((s->nfixes == 0 && s->nhides == 0) || store == NULL) {
         state_store_unlock(&s->lock);
         return;
     }
@@ -435,6 +462,10 @@ void session_state_end(struct session *s)
     j->nfixes = s->nfixes;
     s->fixes = NULL;
     s->nfixes = 0;
+    j->hides = s->hides;
+    j->nhides = s->nhides;
+    s->hides = NULL;
+    s->nhides = 0;
     j->session = NULL;
     if (state_worker_submit(update_work, update_done, j) < 0)
         job_free(j);
@@ -449,4 +480,26 @@ void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size)
     s->fixes[s->nfixes].uid = uid;
     s->fixes[s->nfixes].size = size;
     s->nfixes++;
+}
+
+void session_state_hide(struct session *s, uint32_t uid)
+{
+    uint32_t *h = realloc(s->hides, (s->nhides + 1) * sizeof(*h));
+    if (h == NULL)
+        return; /* the message shows again next time: nothing is lost */
+    s->hides = h;
+    s->hides[s->nhides++] = uid;
+}
+
+void session_state_free_headers(struct session *s)
+{
+    free(s->msgid_hashes);
+    s->msgid_hashes = NULL;
+    if (s->xuidls != NULL) {
+        for (size_t i = 0; i < s->nxuidls; i++)
+            free(s->xuidls[i]);
+        free(s->xuidls);
+        s->xuidls = NULL;
+        s->nxuidls = 0;
+    }
 }

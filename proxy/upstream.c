@@ -24,7 +24,9 @@
 /* Commands we queue: the largest is a login or one STORE/EXPUNGE set. */
 #define UPSTREAM_OUT_MAX (IMAP_CMD_MAX + 64)
 /* Longest UID set per STORE/EXPUNGE command; servers accept lines far longer. */
-#define UPSTREAM_SET_MAX    4000
+#define UPSTREAM_SET_MAX 4000
+/* Steps one batch may chain (COPY, STORE, EXPUNGE). */
+#define UPSTREAM_STEPS_MAX  4
 #define UPSTREAM_DETAIL_MAX 256
 #define UPSTREAM_TEXT_MAX   160
 /* Header fields kept per message for upstream_fetch_headers (a Message-ID fits). */
@@ -99,7 +101,7 @@ struct upstream {
 
     /* Capabilities. */
     bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus, starttls;
-    bool auth_xoauth2, auth_oauthbearer, id;
+    bool auth_xoauth2, auth_oauthbearer, id, move;
     char client_ip[64]; /* for IMAP ID x-originating-ip; empty = do not send */
     unsigned client_port;
 
@@ -128,7 +130,8 @@ struct upstream {
     /* Delete. */
     uint32_t *del_uids;
     size_t del_n, del_pos;
-    bool del_expunge;
+    struct upstream_step steps[UPSTREAM_STEPS_MAX]; /* args owned (strdup) */
+    size_t nsteps, step;
 
     char detail[UPSTREAM_DETAIL_MAX];
 };
@@ -314,7 +317,7 @@ static void cap_reset(struct upstream *u)
 {
     u->caps_known = true;
     u->literal_plus = u->sasl_ir = u->auth_plain = u->logindisabled = u->uidplus = false;
-    u->starttls = u->auth_xoauth2 = u->auth_oauthbearer = u->id = false;
+    u->starttls = u->auth_xoauth2 = u->auth_oauthbearer = u->id = u->move = false;
 }
 
 static void cap_add(struct upstream *u, const char *p, size_t len)
@@ -338,6 +341,8 @@ static void cap_add(struct upstream *u, const char *p, size_t len)
         u->auth_oauthbearer = true;
     else if (CAP_IS("ID"))
         u->id = true;
+    else if (CAP_IS("MOVE"))
+        u->move = true;
 #undef CAP_IS
 }
 
@@ -513,8 +518,12 @@ static enum upstream_status classify_login_no(const struct resp *r)
 
 /* ---- tagged completions ---- */
 
+/* The IMAP command of each upstream_step_kind. */
+static const char *const step_names[] = {"UID STORE", "UID EXPUNGE", "UID COPY", "UID MOVE"};
+
 static void start_next_delete(struct upstream *u);
 static void after_caps(struct upstream *u);
+static void free_steps(struct upstream *u);
 
 static void on_tagged(struct upstream *u)
 {
@@ -614,10 +623,8 @@ static void on_tagged(struct upstream *u)
         finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
         return;
     case ST_STORE:
-    case ST_EXPUNGE:
         if (!ok) {
-            set_detail(u, "%s refused: %s", u->stage == ST_STORE ? "STORE" : "UID EXPUNGE",
-                       r->text);
+            set_detail(u, "%s refused: %s", step_names[u->steps[u->step].kind], r->text);
             finish(u, UPSTREAM_NO);
             return;
         }
@@ -1227,6 +1234,7 @@ void upstream_free(struct upstream **up)
     imap_parser_free(&u->parser);
     maildrop_free(&u->md);
     free(u->del_uids);
+    free_steps(u);
     free(u);
     *up = NULL;
 }
@@ -1326,14 +1334,12 @@ void upstream_fetch_headers(struct upstream *u, const char *uid_set, const char 
 
 static void start_next_delete(struct upstream *u)
 {
-    if (u->del_pos >= u->del_n) {
-        if (u->stage == ST_STORE && u->del_expunge) {
-            u->stage = ST_EXPUNGE;
-            u->del_pos = 0;
-        } else {
+    while (u->del_pos >= u->del_n) {
+        if (++u->step >= u->nsteps) {
             finish(u, UPSTREAM_OK);
             return;
         }
+        u->del_pos = 0;
     }
     char set[UPSTREAM_SET_MAX + 64];
     size_t used = 0;
@@ -1344,34 +1350,80 @@ static void start_next_delete(struct upstream *u)
         return;
     }
     u->del_pos += used;
-    int rc;
-    if (u->stage == ST_STORE) {
-        memcpy(set + len, " +FLAGS.SILENT (\\Deleted)", sizeof(" +FLAGS.SILENT (\\Deleted)"));
-        rc = send_simple(u, "UID STORE", set);
-    } else {
-        rc = send_simple(u, "UID EXPUNGE", set);
+    const struct upstream_step *st = &u->steps[u->step];
+    struct imap_cmd *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        fail(u, UPSTREAM_INTERNAL, "out of memory");
+        return;
     }
+    next_tag(u);
+    imap_cmd_begin(c, u->tag, step_names[st->kind], u->literal_plus);
+    imap_cmd_raw(c, set);
+    if (st->kind == UPSTREAM_STEP_STORE) {
+        char flags[300];
+        snprintf(flags, sizeof(flags), "+FLAGS.SILENT (%s)", st->arg);
+        imap_cmd_raw(c, flags);
+    } else if (st->kind == UPSTREAM_STEP_COPY || st->kind == UPSTREAM_STEP_MOVE) {
+        /* A mailbox name from the config: quoted or a literal, as its bytes need. */
+        imap_cmd_string(c, st->arg, strlen(st->arg));
+    }
+    int rc = send_cmd(u, c);
+    free(c);
     if (rc < 0)
         finish(u, UPSTREAM_INTERNAL);
 }
 
-void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge)
+static void free_steps(struct upstream *u)
+{
+    for (size_t i = 0; i < u->nsteps; i++) {
+        free((char *)u->steps[i].arg);
+        u->steps[i].arg = NULL;
+    }
+    u->nsteps = 0;
+}
+
+void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
+                    const struct upstream_step *steps, size_t nsteps)
 {
     u->busy = true;
     u->detail[0] = '\0';
     free(u->del_uids);
+    free_steps(u);
     u->del_uids = malloc((n ? n : 1) * sizeof(*uids));
-    if (u->del_uids == NULL) {
-        fail(u, UPSTREAM_INTERNAL, "out of memory");
+    if (u->del_uids == NULL || nsteps == 0 || nsteps > UPSTREAM_STEPS_MAX) {
+        fail(u, UPSTREAM_INTERNAL, "cannot prepare the update");
         return;
     }
     memcpy(u->del_uids, uids, n * sizeof(*uids));
+    for (size_t i = 0; i < nsteps; i++) {
+        u->steps[i].kind = steps[i].kind;
+        u->steps[i].arg = steps[i].arg != NULL ? strdup(steps[i].arg) : NULL;
+        u->nsteps++;
+        if (steps[i].arg != NULL && u->steps[i].arg == NULL) {
+            fail(u, UPSTREAM_INTERNAL, "out of memory");
+            return;
+        }
+    }
     u->del_n = n;
     u->del_pos = 0;
-    u->del_expunge = expunge;
+    u->step = 0;
     u->stage = ST_STORE;
     start_next_delete(u);
     update_io(u);
+}
+
+void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge)
+{
+    const struct upstream_step steps[] = {
+        {UPSTREAM_STEP_STORE, "\\Deleted"},
+        {UPSTREAM_STEP_EXPUNGE, NULL},
+    };
+    upstream_batch(u, uids, n, steps, expunge ? 2 : 1);
+}
+
+bool upstream_has_move(const struct upstream *u)
+{
+    return u->move;
 }
 
 void upstream_logout(struct upstream *u)

@@ -111,6 +111,30 @@ void upstream_fetch_headers(struct upstream *u, const char *uid_set, const char 
  */
 void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge);
 
+/* One step of a batch over a set of UIDs. */
+enum upstream_step_kind {
+    UPSTREAM_STEP_STORE,   /* UID STORE <set> +FLAGS.SILENT (<arg>) */
+    UPSTREAM_STEP_EXPUNGE, /* UID EXPUNGE <set> (UIDPLUS) */
+    UPSTREAM_STEP_COPY,    /* UID COPY <set> <arg: mailbox> */
+    UPSTREAM_STEP_MOVE,    /* UID MOVE <set> <arg: mailbox> (RFC 6851) */
+};
+
+struct upstream_step {
+    enum upstream_step_kind kind;
+    const char *arg; /* copied */
+};
+
+/*
+ * Runs steps in order over uids[0..n) (sorted, distinct; copied), each in as
+ * few commands as the UID sets allow; done() after the last, or at the first
+ * NO (UPSTREAM_NO: later steps do not run).
+ */
+void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
+                    const struct upstream_step *steps, size_t nsteps);
+
+/* True when the server announced MOVE. */
+bool upstream_has_move(const struct upstream *u);
+
 /* LOGOUT; done() when the server has answered (or closed). */
 void upstream_logout(struct upstream *u);
 
