@@ -92,8 +92,34 @@ struct config_upstream {
 
 /* One entry of "routes". Exactly one of user, domain, match and is_default is set;
  * route_resolve (route.h) says which wins. */
+/* What POP3 actions do upstream, and how the maildrop looks ("mapping"). */
+enum config_on_delete {
+    CONFIG_DELETE_EXPUNGE, /* "expunge": \Deleted + UID EXPUNGE of exactly those (default) */
+    CONFIG_DELETE_MOVE,    /* "move:<folder>": UID MOVE (COPY + STORE + UID EXPUNGE without
+                            * MOVE) */
+    CONFIG_DELETE_FLAG,    /* "flag:<keyword>": set the keyword; POP3 hides the message */
+    CONFIG_DELETE_HIDE,    /* "hide": nothing upstream; the state hides it from POP3 */
+};
+
+struct config_mapping {
+    char *uidl_format; /* "uidl_format": a uidl.h template; NULL = the default */
+    bool reuse_xuidl;  /* "reuse_xuidl": a message's X-UIDL header is its UIDL */
+    enum config_on_delete on_delete;
+    char *on_delete_arg;           /* the folder of move:, the keyword of flag:; else NULL */
+    bool on_retr_seen;             /* "on_retr": "seen" sets \Seen at QUIT on RETR'd messages;
+                                    * "none" (default) */
+    bool window_since_first_login; /* "window": "since_first_login"; "all" (default) */
+    uint32_t login_delay;          /* "login_delay": seconds between logins, advertised in CAPA
+                                    * (RFC 2449 LOGIN-DELAY) and enforced; 0 = none (default) */
+    char *expire;                  /* "expire": CAPA EXPIRE value: "NEVER" or days as digits;
+                                    * NULL = not advertised */
+};
+
 struct config_route {
     bool is_default;
+    /* "mapping": this route's settings, the top-level "mapping" with the route's keys laid
+     * over it (each route's is complete: no lookups at session time). */
+    struct config_mapping mapping;
     char *user;     /* "user": one POP3 user name, compared case-insensitively (ASCII);
                      * unique among user routes */
     char *domain;   /* "domain": the part after the last "@", compared case-insensitively;
@@ -151,6 +177,7 @@ struct config {
     size_t nroutes;
     char *state_dir;
     struct config_limits limits;
+    struct config_mapping mapping; /* top-level "mapping"; user_map lines use it */
 };
 
 /*

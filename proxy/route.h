@@ -19,7 +19,8 @@ struct route_result {
     const struct config_upstream *upstream; /* points into cfg */
     const struct config_route *route;       /* the route, or NULL for a user_map line */
     enum route_source source;
-    char login[ROUTE_LOGIN_MAX + 1]; /* the name to send upstream, NUL-terminated */
+    const struct config_mapping *mapping; /* the route's, or the top-level one for user_map */
+    char login[ROUTE_LOGIN_MAX + 1];      /* the name to send upstream, NUL-terminated */
     size_t login_len;
 };
 
