@@ -13,6 +13,9 @@
 #include "uidl_assign.h"
 
 #define STATE_ERR_MAX 256
+/* A busy mailbox is tried again this often, this many times (on the state thread). */
+#define STATE_LOCK_RETRIES  10
+#define STATE_LOCK_RETRY_NS 25000000L
 /* The longest UID set of new messages asked for in one header fetch. */
 #define SESSION_STATE_SET_MAX 8000
 
@@ -76,7 +79,15 @@ static struct state_job *job_new(struct session *s)
 static void lock_load_work(void *arg)
 {
     struct state_job *j = arg;
-    j->lock_result = state_store_lock(store, j->key, j->key_len, &j->lock, j->err, sizeof(j->err));
+    /* The previous session of this mailbox may be saving its last changes right now
+     * (a client that reconnects at once): give it a moment before saying IN-USE. */
+    for (int tries = 0;; tries++) {
+        j->lock_result =
+            state_store_lock(store, j->key, j->key_len, &j->lock, j->err, sizeof(j->err));
+        if (j->lock_result != STATE_LOCK_BUSY || tries == STATE_LOCK_RETRIES)
+            break;
+        nanosleep(&(struct timespec){0, STATE_LOCK_RETRY_NS}, NULL);
+    }
     if (j->lock_result != STATE_LOCK_OK)
         return;
     j->rc = state_store_load(store, j->key, j->key_len, &j->doc, j->warn, sizeof(j->warn), j->err,
@@ -139,6 +150,16 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
         goto out;
     /* Messages gone from the server leave the state. */
     state_doc_prune(doc, (uint16_t)folder, uids, n);
+    /* window "since_first_login": what the mailbox held at the first POP3 login stays for
+     * IMAP only ("POP for mail from now on"). */
+    if (s->mapping->window_since_first_login && doc->first_login == 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            struct state_msg *sm = state_doc_find(doc, (uint16_t)folder, msgs[i].uid);
+            if (sm != NULL)
+                sm->hidden = true;
+            hidden[i] = true;
+        }
+    }
 
     /* The new snapshot: visible messages, with the sizes clients actually received. */
     size_t arena_len = 0;
