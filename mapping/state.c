@@ -470,6 +470,16 @@ static const char *add_message(const json_t *obj, size_t i, struct state_doc *do
 
 static const char *finish_messages(struct state_doc *doc, bool sorted)
 {
+    /* A parsed document holds no spare room: code that replaces msgs without setting
+     * msgs_alloc then leaves a value no larger than the truth. */
+    if (doc->nmsgs > 0 && doc->nmsgs < doc->msgs_alloc) {
+        struct state_msg *msgs = realloc(doc->msgs, doc->nmsgs * sizeof(*msgs));
+
+        if (msgs != NULL) {
+            doc->msgs = msgs;
+            doc->msgs_alloc = doc->nmsgs;
+        }
+    }
     if (sorted)
         return NULL;
     /* Hand-edited or from another writer: take it, in our order. */

@@ -97,6 +97,7 @@ static char *round_trip(const struct state_doc *doc)
     if (state_doc_parse(json, len, &back, &error) != 0)
         ck_abort_msg("own output does not parse: %s\n  %s", error, json);
     assert_docs_equal(doc, back);
+    ck_assert_uint_eq(back->msgs_alloc, back->nmsgs); /* no spare room after a parse */
     json2 = state_doc_serialize(back, &len2);
     ck_assert_ptr_nonnull(json2);
     ck_assert_uint_eq(len, len2);
