@@ -18,6 +18,7 @@
 
 #include "route.h"
 #include "tls.h"
+#include "uidl.h"
 #include "user_map.h"
 
 #define CONFIG_DEFAULT_CONNECT_TIMEOUT  10
@@ -51,6 +52,13 @@
 
 #define CONFIG_DEFAULT_MIN_VERSION TLS1_2_VERSION
 
+/* RFC 2449 LOGIN-DELAY: a day is already far more than any client waits. */
+#define CONFIG_LOGIN_DELAY_MAX 86400
+/* RFC 2449 EXPIRE, in days: a hundred years is as good as NEVER. */
+#define CONFIG_EXPIRE_DAYS_MAX 36500
+/* A move target within what IMAP servers accept as a mailbox name and one command line. */
+#define CONFIG_FOLDER_MAX 255
+
 static const char ADDRESS_FORMS[] = "expected \"IPv4:port\" or \"[IPv6]:port\"";
 static const char CERTS_FORM[] = "expected [{\"cert\": FILE, \"key\": FILE}, ...]";
 static const char TLS_ONLY[] = "only used with tls \"starttls\" or \"implicit\"";
@@ -62,6 +70,14 @@ static const int VERSION_VALUES[] = {TLS1_VERSION, TLS1_1_VERSION, TLS1_2_VERSIO
 static const char *const PLAINTEXT_NAMES[] = {"deny", "allow", "loopback", NULL};
 static const int PLAINTEXT_VALUES[] = {CONFIG_PLAINTEXT_DENY, CONFIG_PLAINTEXT_ALLOW,
                                        CONFIG_PLAINTEXT_LOOPBACK};
+
+static const char *const ON_RETR_NAMES[] = {"none", "seen", NULL};
+static const int ON_RETR_VALUES[] = {0, 1};
+static const char *const WINDOW_NAMES[] = {"all", "since_first_login", NULL};
+static const int WINDOW_VALUES[] = {0, 1};
+static const char ON_DELETE_ALLOWED[] =
+    "(allowed: \"expunge\", \"move:FOLDER\", \"flag:KEYWORD\", \"hide\")";
+static const char KEYWORD_EXAMPLE[] = "as in \"flag:$POP3Deleted\"";
 
 static const char *const LOG_NAMES[] = {"stderr", "syslog", NULL};
 static const int LOG_VALUES[] = {CONFIG_LOG_STDERR, CONFIG_LOG_SYSLOG};
@@ -1140,14 +1156,249 @@ out:
     path_pop(ld, mark);
 }
 
+/* Frees the strings of m and resets it to the defaults. */
+static void mapping_clear(struct config_mapping *m)
+{
+    free(m->uidl_format);
+    free(m->on_delete_arg);
+    free(m->expire);
+    memset(m, 0, sizeof(*m));
+}
+
+static bool dup_opt(const char *s, char **out)
+{
+    *out = NULL;
+    if (s == NULL)
+        return true;
+    *out = strdup(s);
+    return *out != NULL;
+}
+
+/* Copies src into dst with strings of its own, so config_free frees each once. False when
+ * memory ran out; dst is then still safe to clear. */
+static bool mapping_dup(struct config_mapping *dst, const struct config_mapping *src)
+{
+    *dst = *src;
+    bool ok = dup_opt(src->uidl_format, &dst->uidl_format);
+    ok = dup_opt(src->on_delete_arg, &dst->on_delete_arg) && ok;
+    ok = dup_opt(src->expire, &dst->expire) && ok;
+    return ok;
+}
+
+/* Replaces *field with a copy of s. False after an error. */
+static bool set_string(struct loader *ld, char **field, const char *s)
+{
+    char *copy = dup_or_oom(ld, s);
+    if (copy == NULL)
+        return false;
+    free(*field);
+    *field = copy;
+    return true;
+}
+
+static void load_uidl_format(struct loader *ld, json_t *v, struct config_mapping *m)
+{
+    if (!expect(ld, v, JSON_STRING))
+        return;
+    const char *why = NULL;
+    if (uidl_template_check(json_string_value(v), &why) < 0) {
+        err(ld, "%s", why);
+        return;
+    }
+    set_string(ld, &m->uidl_format, json_string_value(v));
+}
+
+/* The folder of "move:FOLDER" (text is the whole value, for messages). */
+static bool check_folder(struct loader *ld, const char *text, const char *folder, size_t len)
+{
+    if (len == 0) {
+        err(ld, "%s needs a folder after \"move:\", as in \"move:Trash\"", quote(ld, text));
+        return false;
+    }
+    if (len > CONFIG_FOLDER_MAX) {
+        err(ld, "the folder in %s must be at most %d bytes, got %zu", quote(ld, text),
+            CONFIG_FOLDER_MAX, len);
+        return false;
+    }
+    if (strlen(folder) != len || strpbrk(folder, "\r\n") != NULL) {
+        err(ld, "the folder in %s must not contain CR, LF or NUL", quote(ld, text));
+        return false;
+    }
+    /* POP3 reads INBOX: what is moved there comes back as new mail in the next session. */
+    if (equal_nocase(folder, "INBOX")) {
+        err(ld,
+            "%s would move deleted messages back into INBOX, where POP3 shows them again "
+            "(name another folder, as in \"move:Trash\")",
+            quote(ld, text));
+        return false;
+    }
+    return true;
+}
+
+/* RFC 3501 atom-specials and resp-specials: what an atom (so a flag keyword) cannot hold
+ * besides control bytes, space and non-ASCII. */
+static bool is_atom_char(unsigned char c)
+{
+    return c > 0x20 && c < 0x7f && strchr("(){%*\"\\]", c) == NULL;
+}
+
+/* The keyword of "flag:KEYWORD" (text is the whole value, for messages). */
+static bool check_keyword(struct loader *ld, const char *text, const char *kw, size_t len)
+{
+    if (len == 0) {
+        err(ld, "%s needs a keyword after \"flag:\", %s", quote(ld, text), KEYWORD_EXAMPLE);
+        return false;
+    }
+    if (kw[0] == '\\') {
+        err(ld,
+            "%s names a system flag; on_delete sets a keyword (an IMAP atom without \"\\\"), %s",
+            quote(ld, text), KEYWORD_EXAMPLE);
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)kw[i];
+        if (is_atom_char(c))
+            continue;
+        char *what = scratch(ld);
+        if (c > 0x20 && c < 0x7f)
+            snprintf(what, CONFIG_SCRATCH_LEN, "\"%s%c\"", c == '"' || c == '\\' ? "\\" : "", c);
+        else if (c == ' ')
+            snprintf(what, CONFIG_SCRATCH_LEN, "a space");
+        else
+            snprintf(what, CONFIG_SCRATCH_LEN, "byte 0x%02x", c);
+        err(ld,
+            "the keyword in %s must not contain %s (a keyword is an IMAP atom: ASCII without "
+            "spaces, control bytes or any of ( ) { %% * \" \\ ])",
+            quote(ld, text), what);
+        return false;
+    }
+    return true;
+}
+
+static void load_on_delete(struct loader *ld, json_t *v, struct config_mapping *m)
+{
+    if (!expect(ld, v, JSON_STRING))
+        return;
+    const char *s = json_string_value(v);
+    size_t len = json_string_length(v);
+    enum config_on_delete kind;
+    const char *arg = NULL;
+    if (strcmp(s, "expunge") == 0) {
+        kind = CONFIG_DELETE_EXPUNGE;
+    } else if (strcmp(s, "hide") == 0) {
+        kind = CONFIG_DELETE_HIDE;
+    } else if (strncmp(s, "move:", 5) == 0 || strcmp(s, "move") == 0) {
+        kind = CONFIG_DELETE_MOVE;
+        arg = s[4] == ':' ? s + 5 : s + 4;
+        if (!check_folder(ld, s, arg, len - (size_t)(arg - s)))
+            return;
+    } else if (strncmp(s, "flag:", 5) == 0 || strcmp(s, "flag") == 0) {
+        kind = CONFIG_DELETE_FLAG;
+        arg = s[4] == ':' ? s + 5 : s + 4;
+        if (!check_keyword(ld, s, arg, len - (size_t)(arg - s)))
+            return;
+    } else {
+        err(ld, "unknown value %s %s", quote(ld, s), ON_DELETE_ALLOWED);
+        return;
+    }
+    char *copy = NULL;
+    if (arg != NULL && (copy = dup_or_oom(ld, arg)) == NULL)
+        return;
+    free(m->on_delete_arg);
+    m->on_delete = kind;
+    m->on_delete_arg = copy;
+}
+
+/* "expire": days as a JSON integer, or "NEVER"; kept as the text CAPA shows. */
+static void load_expire(struct loader *ld, json_t *obj, struct config_mapping *m)
+{
+    json_t *v = json_object_get(obj, "expire");
+    if (json_is_integer(v)) {
+        json_int_t days = -1;
+        if (get_int_range(ld, obj, "expire", 0, CONFIG_EXPIRE_DAYS_MAX, "days", &days)) {
+            char text[24];
+            snprintf(text, sizeof(text), "%" JSON_INTEGER_FORMAT, days);
+            set_string(ld, &m->expire, text);
+        }
+        return;
+    }
+    size_t mark = path_push_key(ld, "expire");
+    if (json_is_string(v) && strcmp(json_string_value(v), "NEVER") == 0 &&
+        json_string_length(v) == 5)
+        set_string(ld, &m->expire, "NEVER");
+    else
+        err(ld, "expected a number of days (0 to %d) or \"NEVER\", got %s", CONFIG_EXPIRE_DAYS_MAX,
+            found(ld, v));
+    path_pop(ld, mark);
+}
+
+/*
+ * Reads a "mapping" object (obj may be NULL: absent) over m, so a route's keys land on
+ * its copy of the top-level settings and the keys it leaves out keep their values.
+ */
+static void load_mapping(struct loader *ld, json_t *obj, struct config_mapping *m)
+{
+    static const char *const keys[] = {"uidl_format", "reuse_xuidl", "on_delete",
+                                       "on_retr",     "window",      "login_delay",
+                                       "expire",      "folders",     NULL};
+    if (obj == NULL)
+        return;
+    size_t mark = path_push_key(ld, "mapping");
+    if (!expect(ld, obj, JSON_OBJECT))
+        goto out;
+    check_keys(ld, obj, keys);
+    json_t *v;
+    if ((v = json_object_get(obj, "uidl_format")) != NULL) {
+        size_t kmark = path_push_key(ld, "uidl_format");
+        load_uidl_format(ld, v, m);
+        path_pop(ld, kmark);
+    }
+    get_bool(ld, obj, "reuse_xuidl", &m->reuse_xuidl);
+    if ((v = json_object_get(obj, "on_delete")) != NULL) {
+        size_t kmark = path_push_key(ld, "on_delete");
+        load_on_delete(ld, v, m);
+        path_pop(ld, kmark);
+    }
+    int e = m->on_retr_seen;
+    if (get_enum(ld, obj, "on_retr", ON_RETR_NAMES, ON_RETR_VALUES, &e))
+        m->on_retr_seen = e != 0;
+    e = m->window_since_first_login;
+    if (get_enum(ld, obj, "window", WINDOW_NAMES, WINDOW_VALUES, &e))
+        m->window_since_first_login = e != 0;
+    json_int_t delay = m->login_delay;
+    if (get_int_range(ld, obj, "login_delay", 0, CONFIG_LOGIN_DELAY_MAX, "seconds", &delay))
+        m->login_delay = (uint32_t)delay;
+    if (json_object_get(obj, "expire") != NULL)
+        load_expire(ld, obj, m);
+    /* Several folders merged into one maildrop are not built yet; saying so beats
+     * quietly serving INBOX alone. */
+    if ((v = json_object_get(obj, "folders")) != NULL) {
+        json_t *first = json_array_get(v, 0);
+        bool inbox = json_is_array(v) && json_array_size(v) == 1 && json_is_string(first) &&
+                     json_string_length(first) == 5 &&
+                     strcmp(json_string_value(first), "INBOX") == 0;
+        if (!inbox) {
+            size_t kmark = path_push_key(ld, "folders");
+            err(ld, "only [\"INBOX\"] is supported in this version");
+            path_pop(ld, kmark);
+        }
+    }
+out:
+    path_pop(ld, mark);
+}
+
 static void load_route(struct loader *ld, json_t *obj, size_t index, bool upstreams_known,
                        size_t *first_default)
 {
-    static const char *const keys[] = {"user",     "domain", "match",     "default",
-                                       "upstream", "login",  "lowercase", NULL};
+    static const char *const keys[] = {"user",  "domain",    "match",   "default", "upstream",
+                                       "login", "lowercase", "mapping", NULL};
     static const char *const selectors[] = {"user", "domain", "match", "default"};
     struct config *cfg = ld->cfg;
     struct config_route *r = &cfg->routes[index];
+    /* The top-level settings first (load_root reads them before the routes), then the
+     * route's own keys over them. */
+    if (!mapping_dup(&r->mapping, &cfg->mapping))
+        err_oom(ld);
     if (!expect(ld, obj, JSON_OBJECT))
         return;
     check_keys(ld, obj, keys);
@@ -1201,6 +1452,7 @@ static void load_route(struct loader *ld, json_t *obj, size_t index, bool upstre
         path_pop(ld, mark);
     }
     get_bool(ld, obj, "lowercase", &r->lowercase);
+    load_mapping(ld, json_object_get(obj, "mapping"), &r->mapping);
 
     if (get_string(ld, obj, "upstream", &r->upstream_name) && upstreams_known) {
         r->upstream = config_upstream_find(cfg, r->upstream_name);
@@ -1473,7 +1725,7 @@ static void load_root(struct loader *ld, json_t *root)
 {
     static const char *const keys[] = {
         "listeners", "upstreams", "routes",           "state", "limits", "user_map", "workers",
-        "user",      "group",     "shutdown_timeout", "log",   "admin",  NULL};
+        "user",      "group",     "shutdown_timeout", "log",   "admin",  "mapping",  NULL};
     if (!json_is_object(root)) {
         err(ld, "the top level must be an object, got %s", found(ld, root));
         return;
@@ -1490,6 +1742,8 @@ static void load_root(struct loader *ld, json_t *root)
         load_listeners(ld, listeners);
     if (upstreams != NULL)
         load_upstreams(ld, upstreams);
+    /* Before the routes: each route starts from a copy of it. */
+    load_mapping(ld, json_object_get(root, "mapping"), &ld->cfg->mapping);
     if (routes != NULL)
         load_routes(ld, routes, known);
     if (state != NULL)
@@ -1705,6 +1959,7 @@ void config_free(struct config **cfgp)
         free(cfg->routes[i].match);
         free(cfg->routes[i].login);
         free(cfg->routes[i].upstream_name);
+        mapping_clear(&cfg->routes[i].mapping);
     }
     free(cfg->routes);
     user_map_free(&cfg->user_map);
@@ -1712,6 +1967,7 @@ void config_free(struct config **cfgp)
     free(cfg->run_user);
     free(cfg->run_group);
     free(cfg->state_dir);
+    mapping_clear(&cfg->mapping);
     free(cfg->path);
     free(cfg);
     *cfgp = NULL;

@@ -114,6 +114,7 @@ static int use_route(const struct config_route *route, enum route_source source,
     r->upstream = route->upstream;
     r->route = route;
     r->source = source;
+    r->mapping = &route->mapping;
     if (!expand(route->login != NULL ? route->login : "%u", route->lowercase, user, user_len, r))
         return -1;
     return r->login_len > 0 && r->upstream != NULL ? 0 : -1;
@@ -129,6 +130,7 @@ int route_resolve(const struct config *cfg, const char *user, size_t user_len,
     r->upstream = NULL;
     r->route = NULL;
     r->source = ROUTE_DEFAULT;
+    r->mapping = NULL;
     r->login[0] = '\0';
     r->login_len = 0;
 
@@ -142,6 +144,8 @@ int route_resolve(const struct config *cfg, const char *user, size_t user_len,
     if (e != NULL) {
         r->upstream = e->upstream;
         r->source = ROUTE_USER_MAP;
+        /* A line names no route, so its users get the top-level settings. */
+        r->mapping = &cfg->mapping;
         const char *login = e->login != NULL ? e->login : user;
         size_t len = e->login != NULL ? e->login_len : user_len;
         if (len == 0 || !append(r, login, len) || r->upstream == NULL)

@@ -72,8 +72,8 @@ static struct config *load_text(const char *text, char **errors_r)
 #define UPSTREAM_KEYS "host, port, tls, verify, ca_file, verify_name, min_version, send_client_ip"
 #define ROOT_KEYS                                                                                  \
     "listeners, upstreams, routes, state, limits, user_map, workers, user, group, "                \
-    "shutdown_timeout, log, admin"
-#define ROUTE_KEYS   "user, domain, match, default, upstream, login, lowercase"
+    "shutdown_timeout, log, admin, mapping"
+#define ROUTE_KEYS   "user, domain, match, default, upstream, login, lowercase, mapping"
 #define ONE_OF       "(a route has exactly one of \"user\", \"domain\", \"match\" and \"default\")"
 #define PLACEHOLDERS "(allowed: %u, %n, %d, %%)"
 #define CIDR_FORMS                                                                                 \
@@ -83,6 +83,22 @@ static struct config *load_text(const char *text, char **errors_r)
 #define TLS_ONLY   "only used with tls \"starttls\" or \"implicit\""
 #define UNUSED     TLS_ONLY " (tls is \"none\", so it would be unused)\n"
 #define CERTS_FORM "(expected [{\"cert\": FILE, \"key\": FILE}, ...])"
+
+/* A good config with a top-level "mapping", and one whose third route has one. */
+#define WITH_MAPPING(x) WITH_TOP("'mapping': " x)
+#define WITH_ROUTE_MAPPING(x)                                                                      \
+    WITH_ROUTES("[{'user': 'a@example.com', 'upstream': 'main'}, {'domain': 'example.com', "       \
+                "'upstream': 'main'}, {'default': true, 'upstream': 'main', 'mapping': " x "}]")
+#define MAPPING_KEYS                                                                               \
+    "uidl_format, reuse_xuidl, on_delete, on_retr, window, login_delay, expire, folders"
+#define ON_DELETE_VALUES "(allowed: \"expunge\", \"move:FOLDER\", \"flag:KEYWORD\", \"hide\")"
+#define ATOM                                                                                       \
+    " (a keyword is an IMAP atom: ASCII without spaces, control bytes or any of ( ) { % * \" \\ "  \
+    "])\n"
+#define M               F "mapping."
+#define RM              F "routes[2].mapping."
+#define FOLDERS_ONLY    "folders: only [\"INBOX\"] is supported in this version\n" ONE
+#define NO_TEMPLATE_VAR "the template needs %u or %g, or every message gets the same UIDL\n" ONE
 
 struct bad_case {
     const char *name;
@@ -602,6 +618,169 @@ static const struct bad_case bad_cases[] = {
      F "upstreams.main.tls: unknown value "
        "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" (allowed: "
        "\"none\", \"starttls\", \"implicit\")\n" ONE},
+
+    /* "mapping", at the top level: each key's bad values. */
+    {"mapping not object", WITH_MAPPING("[]"), F "mapping: expected an object, got an array\n" ONE},
+    {"mapping unknown key", WITH_MAPPING("{'on_delet': 'hide', 'folder': []}"),
+     M "on_delet: unknown key (allowed: " MAPPING_KEYS ")\n" M
+       "folder: unknown key (allowed: " MAPPING_KEYS ")\npopgate: 2 " ERRORS_N},
+    {"uidl_format integer", WITH_MAPPING("{'uidl_format': 5}"),
+     M "uidl_format: expected a string, got integer 5\n" ONE},
+    {"uidl_format empty", WITH_MAPPING("{'uidl_format': ''}"),
+     M "uidl_format: empty template\n" ONE},
+    {"uidl_format without uid", WITH_MAPPING("{'uidl_format': '%08Xv'}"),
+     M "uidl_format: " NO_TEMPLATE_VAR},
+    {"uidl_format unknown variable", WITH_MAPPING("{'uidl_format': '%u-%q'}"),
+     M "uidl_format: unknown variable (allowed: %u UID, %v UIDVALIDITY, %g server id, %%)\n" ONE},
+    {"uidl_format lone percent", WITH_MAPPING("{'uidl_format': '%u%'}"),
+     M "uidl_format: '%' at the end of the template (write %% for a literal '%')\n" ONE},
+    {"uidl_format space", WITH_MAPPING("{'uidl_format': '%u %v'}"),
+     M "uidl_format: a character outside 0x21..0x7E (space, control or non-ASCII) cannot be "
+       "part of a UIDL\n" ONE},
+    {"reuse_xuidl string", WITH_MAPPING("{'reuse_xuidl': 'yes'}"),
+     M "reuse_xuidl: expected true or false, got string \"yes\"\n" ONE},
+    {"reuse_xuidl integer", WITH_MAPPING("{'reuse_xuidl': 1}"),
+     M "reuse_xuidl: expected true or false, got integer 1\n" ONE},
+    {"on_delete integer", WITH_MAPPING("{'on_delete': 1}"),
+     M "on_delete: expected a string, got integer 1\n" ONE},
+    {"on_delete unknown", WITH_MAPPING("{'on_delete': 'delete'}"),
+     M "on_delete: unknown value \"delete\" " ON_DELETE_VALUES "\n" ONE},
+    {"on_delete case", WITH_MAPPING("{'on_delete': 'Expunge'}"),
+     M "on_delete: unknown value \"Expunge\" " ON_DELETE_VALUES "\n" ONE},
+    {"on_delete empty", WITH_MAPPING("{'on_delete': ''}"),
+     M "on_delete: unknown value \"\" " ON_DELETE_VALUES "\n" ONE},
+    {"on_delete move without colon", WITH_MAPPING("{'on_delete': 'move'}"),
+     M "on_delete: \"move\" needs a folder after \"move:\", as in \"move:Trash\"\n" ONE},
+    {"on_delete move empty", WITH_MAPPING("{'on_delete': 'move:'}"),
+     M "on_delete: \"move:\" needs a folder after \"move:\", as in \"move:Trash\"\n" ONE},
+    {"on_delete move too long",
+     WITH_MAPPING("{'on_delete': 'move:"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}"),
+     M "on_delete: the folder in "
+       "\"move:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" must be at most "
+       "255 bytes, got 256\n" ONE},
+    {"on_delete move LF", WITH_MAPPING("{'on_delete': 'move:a\\nb'}"),
+     M "on_delete: the folder in \"move:a\\nb\" must not contain CR, LF or NUL\n" ONE},
+    {"on_delete move CR", WITH_MAPPING("{'on_delete': 'move:a\\rb'}"),
+     M "on_delete: the folder in \"move:a\\x0db\" must not contain CR, LF or NUL\n" ONE},
+    {"on_delete move INBOX", WITH_MAPPING("{'on_delete': 'move:inbox'}"),
+     M "on_delete: \"move:inbox\" would move deleted messages back into INBOX, where POP3 shows "
+       "them again (name another folder, as in \"move:Trash\")\n" ONE},
+    {"on_delete flag without colon", WITH_MAPPING("{'on_delete': 'flag'}"),
+     M "on_delete: \"flag\" needs a keyword after \"flag:\", as in \"flag:$POP3Deleted\"\n" ONE},
+    {"on_delete flag empty", WITH_MAPPING("{'on_delete': 'flag:'}"),
+     M "on_delete: \"flag:\" needs a keyword after \"flag:\", as in \"flag:$POP3Deleted\"\n" ONE},
+    {"on_delete flag system", WITH_MAPPING("{'on_delete': 'flag:\\\\Seen'}"),
+     M "on_delete: \"flag:\\\\Seen\" names a system flag; on_delete sets a keyword (an IMAP atom "
+       "without \"\\\"), as in \"flag:$POP3Deleted\"\n" ONE},
+    {"on_delete flag backslash", WITH_MAPPING("{'on_delete': 'flag:a\\\\b'}"),
+     M "on_delete: the keyword in \"flag:a\\\\b\" must not contain \"\\\\\"" ATOM ONE},
+    {"on_delete flag open paren", WITH_MAPPING("{'on_delete': 'flag:a(b'}"),
+     M "on_delete: the keyword in \"flag:a(b\" must not contain \"(\"" ATOM ONE},
+    {"on_delete flag close paren", WITH_MAPPING("{'on_delete': 'flag:a)b'}"),
+     M "on_delete: the keyword in \"flag:a)b\" must not contain \")\"" ATOM ONE},
+    {"on_delete flag brace", WITH_MAPPING("{'on_delete': 'flag:a{5}'}"),
+     M "on_delete: the keyword in \"flag:a{5}\" must not contain \"{\"" ATOM ONE},
+    {"on_delete flag space", WITH_MAPPING("{'on_delete': 'flag:a b'}"),
+     M "on_delete: the keyword in \"flag:a b\" must not contain a space" ATOM ONE},
+    {"on_delete flag percent", WITH_MAPPING("{'on_delete': 'flag:a%'}"),
+     M "on_delete: the keyword in \"flag:a%\" must not contain \"%\"" ATOM ONE},
+    {"on_delete flag star", WITH_MAPPING("{'on_delete': 'flag:*'}"),
+     M "on_delete: the keyword in \"flag:*\" must not contain \"*\"" ATOM ONE},
+    {"on_delete flag quote", WITH_MAPPING("{'on_delete': 'flag:a\\'b'}"),
+     M "on_delete: the keyword in \"flag:a\\\"b\" must not contain \"\\\"\"" ATOM ONE},
+    {"on_delete flag bracket", WITH_MAPPING("{'on_delete': 'flag:a]'}"),
+     M "on_delete: the keyword in \"flag:a]\" must not contain \"]\"" ATOM ONE},
+    {"on_delete flag tab", WITH_MAPPING("{'on_delete': 'flag:a\\tb'}"),
+     M "on_delete: the keyword in \"flag:a\\tb\" must not contain byte 0x09" ATOM ONE},
+    {"on_delete flag DEL", WITH_MAPPING("{'on_delete': 'flag:a\\u007f'}"),
+     M "on_delete: the keyword in \"flag:a\\x7f\" must not contain byte 0x7f" ATOM ONE},
+    {"on_delete flag non-ASCII", WITH_MAPPING("{'on_delete': 'flag:caf\xc3\xa9'}"),
+     M "on_delete: the keyword in \"flag:caf\xc3\xa9\" must not contain byte 0xc3" ATOM ONE},
+    {"on_retr unknown", WITH_MAPPING("{'on_retr': 'read'}"),
+     M "on_retr: unknown value \"read\" (allowed: \"none\", \"seen\")\n" ONE},
+    {"on_retr boolean", WITH_MAPPING("{'on_retr': true}"),
+     M "on_retr: expected a string, got true\n" ONE},
+    {"window unknown", WITH_MAPPING("{'window': 'since_login'}"),
+     M "window: unknown value \"since_login\" (allowed: \"all\", \"since_first_login\")\n" ONE},
+    {"window integer", WITH_MAPPING("{'window': 0}"),
+     M "window: expected a string, got integer 0\n" ONE},
+    {"login_delay negative", WITH_MAPPING("{'login_delay': -1}"),
+     M "login_delay: must be between 0 and 86400 seconds, got -1\n" ONE},
+    {"login_delay too big", WITH_MAPPING("{'login_delay': 86401}"),
+     M "login_delay: must be between 0 and 86400 seconds, got 86401\n" ONE},
+    {"login_delay string", WITH_MAPPING("{'login_delay': '60'}"),
+     M "login_delay: expected an integer, got string \"60\"\n" ONE},
+    {"login_delay real", WITH_MAPPING("{'login_delay': 1.5}"),
+     M "login_delay: expected an integer, got real 1.5\n" ONE},
+    {"expire negative", WITH_MAPPING("{'expire': -1}"),
+     M "expire: must be between 0 and 36500 days, got -1\n" ONE},
+    {"expire too big", WITH_MAPPING("{'expire': 36501}"),
+     M "expire: must be between 0 and 36500 days, got 36501\n" ONE},
+    {"expire lower-case never", WITH_MAPPING("{'expire': 'never'}"),
+     M "expire: expected a number of days (0 to 36500) or \"NEVER\", got string \"never\"\n" ONE},
+    {"expire digits as string", WITH_MAPPING("{'expire': '30'}"),
+     M "expire: expected a number of days (0 to 36500) or \"NEVER\", got string \"30\"\n" ONE},
+    {"expire boolean", WITH_MAPPING("{'expire': false}"),
+     M "expire: expected a number of days (0 to 36500) or \"NEVER\", got false\n" ONE},
+    {"expire real", WITH_MAPPING("{'expire': 7.0}"),
+     M "expire: expected a number of days (0 to 36500) or \"NEVER\", got real 7\n" ONE},
+    {"folders two", WITH_MAPPING("{'folders': ['INBOX', 'Archive']}"), M FOLDERS_ONLY},
+    {"folders other", WITH_MAPPING("{'folders': ['Archive']}"), M FOLDERS_ONLY},
+    {"folders empty", WITH_MAPPING("{'folders': []}"), M FOLDERS_ONLY},
+    {"folders string", WITH_MAPPING("{'folders': 'INBOX'}"), M FOLDERS_ONLY},
+    {"folders lower-case", WITH_MAPPING("{'folders': ['inbox']}"), M FOLDERS_ONLY},
+    {"mapping several errors",
+     WITH_MAPPING("{'uidl_format': '%v', 'on_delete': 'move:', 'window': 'new', "
+                  "'login_delay': 86401, 'expire': 'x'}"),
+     M "uidl_format: the template needs %u or %g, or every message gets the same UIDL\n" M
+       "on_delete: \"move:\" needs a folder after \"move:\", as in \"move:Trash\"\n" M
+       "window: unknown value \"new\" (allowed: \"all\", \"since_first_login\")\n" M
+       "login_delay: must be between 0 and 86400 seconds, got 86401\n" M
+       "expire: expected a number of days (0 to 36500) or \"NEVER\", got string \"x\"\n"
+       "popgate: 5 " ERRORS_N},
+
+    /* "mapping" inside a route: the same checks, at the route's path. */
+    {"route mapping not object", WITH_ROUTE_MAPPING("'hide'"),
+     F "routes[2].mapping: expected an object, got string \"hide\"\n" ONE},
+    {"route mapping unknown key", WITH_ROUTE_MAPPING("{'upstream': 'main'}"),
+     RM "upstream: unknown key (allowed: " MAPPING_KEYS ")\n" ONE},
+    {"route uidl_format", WITH_ROUTE_MAPPING("{'uidl_format': '%v'}"),
+     RM "uidl_format: " NO_TEMPLATE_VAR},
+    {"route reuse_xuidl", WITH_ROUTE_MAPPING("{'reuse_xuidl': null}"),
+     RM "reuse_xuidl: expected true or false, got null\n" ONE},
+    {"route on_delete unknown", WITH_ROUTE_MAPPING("{'on_delete': 'trash'}"),
+     RM "on_delete: unknown value \"trash\" " ON_DELETE_VALUES "\n" ONE},
+    {"route on_delete move", WITH_ROUTE_MAPPING("{'on_delete': 'move:INBOX'}"),
+     RM "on_delete: \"move:INBOX\" would move deleted messages back into INBOX, where POP3 shows "
+        "them again (name another folder, as in \"move:Trash\")\n" ONE},
+    {"route on_delete flag system", WITH_ROUTE_MAPPING("{'on_delete': 'flag:\\\\Deleted'}"),
+     RM "on_delete: \"flag:\\\\Deleted\" names a system flag; on_delete sets a keyword (an IMAP "
+        "atom without \"\\\"), as in \"flag:$POP3Deleted\"\n" ONE},
+    {"route on_delete flag atom", WITH_ROUTE_MAPPING("{'on_delete': 'flag:a b'}"),
+     RM "on_delete: the keyword in \"flag:a b\" must not contain a space" ATOM ONE},
+    {"route on_retr", WITH_ROUTE_MAPPING("{'on_retr': 'SEEN'}"),
+     RM "on_retr: unknown value \"SEEN\" (allowed: \"none\", \"seen\")\n" ONE},
+    {"route window", WITH_ROUTE_MAPPING("{'window': 'none'}"),
+     RM "window: unknown value \"none\" (allowed: \"all\", \"since_first_login\")\n" ONE},
+    {"route login_delay", WITH_ROUTE_MAPPING("{'login_delay': 100000}"),
+     RM "login_delay: must be between 0 and 86400 seconds, got 100000\n" ONE},
+    {"route expire", WITH_ROUTE_MAPPING("{'expire': 40000}"),
+     RM "expire: must be between 0 and 36500 days, got 40000\n" ONE},
+    {"route expire string", WITH_ROUTE_MAPPING("{'expire': 'Never'}"),
+     RM "expire: expected a number of days (0 to 36500) or \"NEVER\", got string \"Never\"\n" ONE},
+    {"route folders", WITH_ROUTE_MAPPING("{'folders': ['INBOX', 'Spam']}"), RM FOLDERS_ONLY},
+    /* A bad top-level key is reported once, not again for every route that copies it. */
+    {"top and route mapping",
+     "{" LISTENERS ", " UPSTREAMS ", 'mapping': {'on_retr': 'x'}, 'routes': [{'default': true, "
+     "'upstream': 'main', 'mapping': {'window': 'x'}}, {'user': 'b', 'upstream': 'main'}], " STATE
+     "}",
+     M "on_retr: unknown value \"x\" (allowed: \"none\", \"seen\")\n" F
+       "routes[0].mapping.window: unknown value \"x\" (allowed: \"all\", \"since_first_login\")\n"
+       "popgate: 2 " ERRORS_N},
 
     /* Every error in one run, in the order of the sections. */
     {"several errors",
@@ -1433,6 +1612,185 @@ START_TEST(test_error_lines_are_counted)
 }
 END_TEST
 
+static void assert_default_mapping(const struct config_mapping *m)
+{
+    ck_assert_ptr_null(m->uidl_format);
+    ck_assert(!m->reuse_xuidl);
+    ck_assert_int_eq(m->on_delete, CONFIG_DELETE_EXPUNGE);
+    ck_assert_ptr_null(m->on_delete_arg);
+    ck_assert(!m->on_retr_seen);
+    ck_assert(!m->window_since_first_login);
+    ck_assert_uint_eq(m->login_delay, 0);
+    ck_assert_ptr_null(m->expire);
+}
+
+/* Without "mapping" anywhere, the top level and every route have the defaults; an empty
+ * object changes nothing. */
+START_TEST(test_mapping_defaults)
+{
+    char *errors = (char *)"unset";
+    struct config *cfg = load_text(GOOD, &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    assert_default_mapping(&cfg->mapping);
+    assert_default_mapping(&cfg->routes[0].mapping);
+    config_free(&cfg);
+
+    cfg = load_text("{" LISTENERS ", " UPSTREAMS ", 'mapping': {}, 'routes': [{'default': true, "
+                    "'upstream': 'main', 'mapping': {}}], " STATE "}",
+                    &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    assert_default_mapping(&cfg->mapping);
+    assert_default_mapping(&cfg->routes[0].mapping);
+    config_free(&cfg);
+}
+END_TEST
+
+/* Every key at the top level, with each accepted form. */
+START_TEST(test_mapping_full)
+{
+    char *errors = (char *)"unset";
+    struct config *cfg = load_text(
+        WITH_MAPPING("{'uidl_format': '%08Xu%08Xv', 'reuse_xuidl': true, 'on_delete': "
+                     "'flag:$POP3Deleted', 'on_retr': 'seen', 'window': 'since_first_login', "
+                     "'login_delay': 86400, 'expire': 36500, 'folders': ['INBOX']}"),
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    const struct config_mapping *m = &cfg->mapping;
+    ck_assert_str_eq(m->uidl_format, "%08Xu%08Xv");
+    ck_assert(m->reuse_xuidl);
+    ck_assert_int_eq(m->on_delete, CONFIG_DELETE_FLAG);
+    ck_assert_str_eq(m->on_delete_arg, "$POP3Deleted");
+    ck_assert(m->on_retr_seen);
+    ck_assert(m->window_since_first_login);
+    ck_assert_uint_eq(m->login_delay, 86400);
+    ck_assert_str_eq(m->expire, "36500");
+    config_free(&cfg);
+
+    static const struct {
+        const char *json;
+        enum config_on_delete on_delete;
+        const char *arg;
+        const char *expire;
+    } forms[] = {
+        {WITH_MAPPING("{'on_delete': 'expunge', 'expire': 'NEVER', 'on_retr': 'none', "
+                      "'window': 'all', 'reuse_xuidl': false, 'login_delay': 0}"),
+         CONFIG_DELETE_EXPUNGE, NULL, "NEVER"},
+        {WITH_MAPPING("{'on_delete': 'hide', 'expire': 0}"), CONFIG_DELETE_HIDE, NULL, "0"},
+        {WITH_MAPPING("{'on_delete': 'move:Trash'}"), CONFIG_DELETE_MOVE, "Trash", NULL},
+        /* Any other folder name, spaces and non-ASCII included: the IMAP writer quotes it. */
+        {WITH_MAPPING("{'on_delete': 'move:INBOX/Deleted Items \xc3\xa9'}"), CONFIG_DELETE_MOVE,
+         "INBOX/Deleted Items \xc3\xa9", NULL},
+        {WITH_MAPPING("{'on_delete': 'move:move:x'}"), CONFIG_DELETE_MOVE, "move:x", NULL},
+        /* Exactly 255 bytes. */
+        {WITH_MAPPING("{'on_delete': 'move:"
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'}"),
+         CONFIG_DELETE_MOVE,
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+         NULL},
+        /* Every atom character that is not a special. */
+        {WITH_MAPPING("{'on_delete': 'flag:Junk$-_.!#&+,/:;<=>?@[^`|~'}"), CONFIG_DELETE_FLAG,
+         "Junk$-_.!#&+,/:;<=>?@[^`|~", NULL},
+    };
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        errors = (char *)"unset";
+        cfg = load_text(forms[i].json, &errors);
+        ck_assert_msg(cfg != NULL, "form %zu: %s", i, errors);
+        m = &cfg->mapping;
+        ck_assert_int_eq(m->on_delete, forms[i].on_delete);
+        if (forms[i].arg == NULL)
+            ck_assert_ptr_null(m->on_delete_arg);
+        else
+            ck_assert_str_eq(m->on_delete_arg, forms[i].arg);
+        if (forms[i].expire == NULL)
+            ck_assert_ptr_null(m->expire);
+        else
+            ck_assert_str_eq(m->expire, forms[i].expire);
+        /* The one route copies the top level, strings and all. */
+        const struct config_mapping *rm = &cfg->routes[0].mapping;
+        ck_assert_int_eq(rm->on_delete, m->on_delete);
+        if (m->on_delete_arg != NULL) {
+            ck_assert_str_eq(rm->on_delete_arg, m->on_delete_arg);
+            ck_assert_ptr_ne(rm->on_delete_arg, m->on_delete_arg);
+        }
+        config_free(&cfg);
+    }
+}
+END_TEST
+
+/* A route's keys lay over the top level: what the route leaves out, it inherits. */
+START_TEST(test_mapping_overlay)
+{
+    char *errors = (char *)"unset";
+    struct config *cfg = load_text(
+        "{" LISTENERS ", " UPSTREAMS ", " STATE ", 'mapping': {'uidl_format': '%u.%v', "
+        "'on_delete': 'flag:$Old', 'login_delay': 300, 'expire': 7, 'reuse_xuidl': true}, "
+        "'routes': [{'user': 'a@example.com', 'upstream': 'main', 'mapping': {'on_delete': "
+        "'move:Trash'}}, {'domain': 'example.com', 'upstream': 'main', 'mapping': {'on_delete': "
+        "'hide', 'on_retr': 'seen', 'expire': 'NEVER', 'reuse_xuidl': false}}, {'match': '*x*', "
+        "'upstream': 'main', 'mapping': {'uidl_format': '%g', 'login_delay': 0, 'window': "
+        "'since_first_login'}}, {'default': true, 'upstream': 'main'}]}",
+        &errors);
+    ck_assert_msg(cfg != NULL, "%s", errors);
+    ck_assert_uint_eq(cfg->nroutes, 4);
+
+    const struct config_mapping *top = &cfg->mapping;
+    ck_assert_str_eq(top->uidl_format, "%u.%v");
+    ck_assert_int_eq(top->on_delete, CONFIG_DELETE_FLAG);
+    ck_assert_str_eq(top->on_delete_arg, "$Old");
+    ck_assert_uint_eq(top->login_delay, 300);
+    ck_assert_str_eq(top->expire, "7");
+    ck_assert(top->reuse_xuidl);
+    ck_assert(!top->on_retr_seen);
+    ck_assert(!top->window_since_first_login);
+
+    /* Overrides on_delete only: keeps the top-level uidl_format and the rest. */
+    const struct config_mapping *m = &cfg->routes[0].mapping;
+    ck_assert_int_eq(m->on_delete, CONFIG_DELETE_MOVE);
+    ck_assert_str_eq(m->on_delete_arg, "Trash");
+    ck_assert_str_eq(m->uidl_format, "%u.%v");
+    ck_assert_ptr_ne(m->uidl_format, top->uidl_format);
+    ck_assert_uint_eq(m->login_delay, 300);
+    ck_assert_str_eq(m->expire, "7");
+    ck_assert(m->reuse_xuidl);
+
+    /* hide drops the inherited keyword; false and "NEVER" replace what was set. */
+    m = &cfg->routes[1].mapping;
+    ck_assert_int_eq(m->on_delete, CONFIG_DELETE_HIDE);
+    ck_assert_ptr_null(m->on_delete_arg);
+    ck_assert(m->on_retr_seen);
+    ck_assert_str_eq(m->expire, "NEVER");
+    ck_assert(!m->reuse_xuidl);
+    ck_assert_str_eq(m->uidl_format, "%u.%v");
+
+    m = &cfg->routes[2].mapping;
+    ck_assert_str_eq(m->uidl_format, "%g");
+    ck_assert_uint_eq(m->login_delay, 0);
+    ck_assert(m->window_since_first_login);
+    ck_assert_int_eq(m->on_delete, CONFIG_DELETE_FLAG);
+    ck_assert_str_eq(m->on_delete_arg, "$Old");
+    ck_assert_ptr_ne(m->on_delete_arg, top->on_delete_arg);
+
+    /* No "mapping": the top level, copied. */
+    m = &cfg->routes[3].mapping;
+    ck_assert_str_eq(m->uidl_format, "%u.%v");
+    ck_assert_int_eq(m->on_delete, CONFIG_DELETE_FLAG);
+    ck_assert_str_eq(m->on_delete_arg, "$Old");
+    ck_assert_uint_eq(m->login_delay, 300);
+    ck_assert_str_eq(m->expire, "7");
+    ck_assert_ptr_ne(m->expire, top->expire);
+
+    /* The top level's on_delete overridden by a route does not change the top level. */
+    ck_assert_int_eq(top->on_delete, CONFIG_DELETE_FLAG);
+    config_free(&cfg);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1446,6 +1804,9 @@ static Suite *config_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("good");
     tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_mapping_defaults);
+    tcase_add_test(tc, test_mapping_full);
+    tcase_add_test(tc, test_mapping_overlay);
     tcase_add_test(tc, test_full_config);
     tcase_add_test(tc, test_partial_limits);
     tcase_add_test(tc, test_operator_config);

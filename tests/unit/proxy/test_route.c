@@ -448,6 +448,53 @@ START_TEST(test_source_names)
 }
 END_TEST
 
+/* r->mapping is the matched route's settings, or the top level's for a user_map line. */
+START_TEST(test_mapping_by_source)
+{
+    struct config_route routes[] = {
+        DEFAULT_ROUTE(IMAP5),
+        MATCH_ROUTE("*@example.org", IMAP4),
+        DOMAIN_ROUTE("example.com", IMAP3),
+        USER_ROUTE("bob@example.com", IMAP1),
+    };
+    for (size_t i = 0; i < 4; i++)
+        routes[i].mapping.login_delay = (uint32_t)(i + 1);
+    struct config cfg = config_with(routes, 4);
+    cfg.mapping.on_delete = CONFIG_DELETE_HIDE;
+    cfg.user_map = map_from(&cfg, "alice@example.com imap2\n");
+    struct route_result r;
+
+    ck_assert_int_eq(resolve(&cfg, "bob@example.com", &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_USER);
+    ck_assert_ptr_eq(r.mapping, &routes[3].mapping);
+
+    ck_assert_int_eq(resolve(&cfg, "alice@example.com", &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_USER_MAP);
+    ck_assert_ptr_eq(r.mapping, &cfg.mapping);
+    ck_assert_int_eq(r.mapping->on_delete, CONFIG_DELETE_HIDE);
+
+    ck_assert_int_eq(resolve(&cfg, "carol@example.com", &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_DOMAIN);
+    ck_assert_ptr_eq(r.mapping, &routes[2].mapping);
+
+    ck_assert_int_eq(resolve(&cfg, "carol@example.org", &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_MATCH);
+    ck_assert_ptr_eq(r.mapping, &routes[1].mapping);
+
+    ck_assert_int_eq(resolve(&cfg, "carol@example.net", &r), 0);
+    ck_assert_int_eq(r.source, ROUTE_DEFAULT);
+    ck_assert_ptr_eq(r.mapping, &routes[0].mapping);
+    ck_assert_uint_eq(r.mapping->login_delay, 1);
+
+    /* No match leaves no settings behind from an earlier call. */
+    struct config none = config_with(routes + 1, 1);
+    ck_assert_int_eq(resolve(&none, "carol@example.net", &r), -1);
+    ck_assert_ptr_null(r.mapping);
+
+    user_map_free(&cfg.user_map);
+}
+END_TEST
+
 /* The same precedence through a loaded file. */
 START_TEST(test_loaded_config)
 {
@@ -462,7 +509,9 @@ START_TEST(test_loaded_config)
           " \"routes\": [{\"default\": true, \"upstream\": \"imap1\"},\n"
           "            {\"match\": \"*@*.example.com\", \"upstream\": \"imap2\",\n"
           "             \"login\": \"%n\", \"lowercase\": true},\n"
-          "            {\"user\": \"bob@example.com\", \"upstream\": \"imap2\"}],\n"
+          "            {\"user\": \"bob@example.com\", \"upstream\": \"imap2\",\n"
+          "             \"mapping\": {\"on_delete\": \"move:Trash\"}}],\n"
+          " \"mapping\": {\"uidl_format\": \"%u-%v\", \"on_retr\": \"seen\"},\n"
           " \"state\": {\"dir\": \"/var/lib/popgate\"}}\n",
           f);
     ck_assert_int_eq(fclose(f), 0);
@@ -477,11 +526,19 @@ START_TEST(test_loaded_config)
     ck_assert_ptr_eq(r.upstream, config_upstream_find(cfg, "imap2"));
     ck_assert_uint_eq(r.upstream->port, 10143);
     ck_assert_str_eq(r.login, "BOB@example.com");
+    ck_assert_ptr_eq(r.mapping, &cfg->routes[2].mapping);
+    ck_assert_int_eq(r.mapping->on_delete, CONFIG_DELETE_MOVE);
+    ck_assert_str_eq(r.mapping->on_delete_arg, "Trash");
+    ck_assert_str_eq(r.mapping->uidl_format, "%u-%v");
+    ck_assert(r.mapping->on_retr_seen);
     ck_assert_int_eq(resolve(cfg, "Carol@mx.example.com", &r), 0);
     ck_assert_int_eq(r.source, ROUTE_MATCH);
     ck_assert_str_eq(r.login, "carol");
     ck_assert_int_eq(resolve(cfg, "carol@example.com", &r), 0);
     ck_assert(r.route->is_default);
+    ck_assert_ptr_eq(r.mapping, &cfg->routes[0].mapping);
+    ck_assert_int_eq(r.mapping->on_delete, CONFIG_DELETE_EXPUNGE);
+    ck_assert_str_eq(r.mapping->uidl_format, "%u-%v");
     ck_assert_ptr_eq(r.upstream, config_upstream_find(cfg, "imap1"));
     config_free(&cfg);
 }
@@ -493,6 +550,7 @@ static Suite *route_suite(void)
     TCase *tc = tcase_create("resolve");
     tcase_add_test(tc, test_precedence);
     tcase_add_test(tc, test_precedence_other_order);
+    tcase_add_test(tc, test_mapping_by_source);
     tcase_add_test(tc, test_globs_in_file_order);
     tcase_add_test(tc, test_domain_part);
     tcase_add_test(tc, test_case_insensitive);
