@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "import_cmd.h"
 #include "master.h"
 #include "log.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: popgate -c FILE [-t]\n"
+               "       popgate import-uidls -c FILE (--user USER LISTFILE | --dir DIR)\n"
                "  -c FILE  configuration file (JSON)\n"
                "  -t       check the configuration and exit\n"
                "  -V       print the version\n");
@@ -19,6 +21,9 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "import-uidls") == 0)
+        return import_cmd_main(argc - 1, argv + 1);
+
     const char *path = NULL;
     bool test_only = false;
     int opt;

@@ -21,7 +21,7 @@ declare -A SOURCES=(
     [imap_parser]="protocols/imap_parser.c"
     [proxy_protocol]="protocols/proxy_protocol.c"
     [config]="proxy/config.c proxy/tls.c proxy/user_map.c"
-    [state]="mapping/state.c mapping/sha256.c"
+    [state]="mapping/sha256.c"
     [uidl_format]="mapping/uidl.c mapping/legacy_import.c mapping/state.c"
 )
 declare -A LIBS=(
