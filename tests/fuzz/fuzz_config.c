@@ -2,7 +2,8 @@
  *
  *   clang -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -g -O1 \
  *       -fsanitize=fuzzer,address,undefined -Iproxy tests/fuzz/fuzz_config.c proxy/config.c \
- *       proxy/tls.c proxy/user_map.c $(pkg-config --cflags --libs jansson openssl) -o fuzz_config
+ *       proxy/tls.c proxy/user_map.c mapping/uidl.c -Imapping \
+ *       $(pkg-config --cflags --libs jansson openssl) -o fuzz_config
  *   ./fuzz_config -max_total_time=60 tests/fuzz/seeds/config
  */
 #include "config.h"

@@ -20,7 +20,7 @@ declare -A SOURCES=(
     [dotstuff]="protocols/pop3_dotstuff.c"
     [imap_parser]="protocols/imap_parser.c"
     [proxy_protocol]="protocols/proxy_protocol.c"
-    [config]="proxy/config.c proxy/tls.c proxy/user_map.c"
+    [config]="proxy/config.c proxy/tls.c proxy/user_map.c mapping/uidl.c"
     [state]="mapping/sha256.c"
     [uidl_format]="mapping/uidl.c mapping/legacy_import.c mapping/state.c"
 )
