@@ -418,9 +418,13 @@ static void route_jobs(const struct config *cfg, struct import_job *jobs, size_t
             jobs[i].failed = true;
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        for (size_t k = i + 1; k < n && !jobs[i].failed; k++) {
-            if (jobs[k].failed || strcmp(jobs[i].route.login, jobs[k].route.login) != 0)
+    /* Compare every routed pair: with three lists for one login, all three fail. */
+    bool *routed = calloc(n ? n : 1, sizeof(*routed));
+    for (size_t i = 0; i < n; i++)
+        routed[i] = routed != NULL && !jobs[i].failed;
+    for (size_t i = 0; routed != NULL && i < n; i++) {
+        for (size_t k = i + 1; k < n && routed[i]; k++) {
+            if (!routed[k] || strcmp(jobs[i].route.login, jobs[k].route.login) != 0)
                 continue;
             fprintf(stderr, "%s: error: user \"%s\": %s is a list for the same login \"%s\"\n",
                     jobs[i].path, jobs[i].user, jobs[k].path, jobs[i].route.login);
@@ -430,6 +434,7 @@ static void route_jobs(const struct config *cfg, struct import_job *jobs, size_t
             jobs[i].failed = true;
         }
     }
+    free(routed);
 }
 
 int import_cmd_main(int argc, char **argv)

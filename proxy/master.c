@@ -87,12 +87,13 @@ static void become_worker(unsigned slot)
         if (procs[i].pid != 0)
             ev_child_stop(loop, &procs[i].child_w);
     admin_free(&admin);
-    /* A worker must not outlive its master (it would hold the ports). */
+    if (drop_privileges(current) < 0)
+        _exit(1);
+    /* A worker must not outlive its master (it would hold the ports). After the
+     * privilege drop: changing uid clears the death signal. */
     (void)prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != master_pid)
         _exit(0);
-    if (drop_privileges(current) < 0)
-        _exit(1);
     metrics_attach(slot);
     int status = worker_run(loop, current, current_fds);
     _exit(status);
@@ -117,6 +118,11 @@ static void spawn(unsigned slot)
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         log_line(LOG_ERROR, "event=fork_failed reason=\"%s\"", strerror(errno));
+        /* Try again shortly rather than run short of workers for good. */
+        if (!ev_is_active(&respawn_w)) {
+            ev_timer_set(&respawn_w, MASTER_RESPAWN_DELAY, 0);
+            ev_timer_start(loop, &respawn_w);
+        }
         return;
     }
     p->pid = pid;
@@ -173,7 +179,10 @@ static void child_cb(struct ev_loop *l, ev_child *w, int revents)
             ev_break(l, EVBREAK_ALL);
         return;
     }
-    if (!expected) {
+    if (expected) {
+        /* A drained worker frees a slot a short generation may be waiting for. */
+        spawn_missing();
+    } else {
         /* A crash loop must not become a fork bomb. */
         if (young) {
             if (!ev_is_active(&respawn_w)) {

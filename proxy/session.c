@@ -352,6 +352,7 @@ static bool waits_on_upstream(const struct session *s)
 {
     switch (s->job) {
     case JOB_LOGIN:
+    case JOB_QUIT_SEEN:
     case JOB_QUIT_DELETE:
     case JOB_QUIT_LOGOUT:
         return true;

@@ -131,7 +131,8 @@ struct session {
     size_t nfixes;
 
     /* QUIT. */
-    bool quit_partial; /* no UIDPLUS: \Deleted set but not expunged */
+    bool quit_partial;    /* no UIDPLUS: \Deleted set but not expunged */
+    bool hide_on_success; /* the update keeps the messages upstream: hide them in the state */
 
     /* Totals for the summary line. */
     uint32_t retr_count;

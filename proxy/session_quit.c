@@ -73,6 +73,18 @@ static size_t delete_steps(struct session *s, struct upstream_step *steps)
     return n;
 }
 
+static void hide_deleted(struct session *s)
+{
+    uint32_t n = maildrop_deleted_count(s->md);
+    uint32_t *uids = malloc((n ? n : 1) * sizeof(*uids));
+    if (uids == NULL)
+        return; /* they show again next time: nothing is lost */
+    size_t got = maildrop_deleted_uids(s->md, uids, n);
+    for (size_t i = 0; i < got; i++)
+        session_state_hide(s, uids[i]);
+    free(uids);
+}
+
 static void start_delete(struct session *s)
 {
     uint32_t n = maildrop_deleted_count(s->md);
@@ -86,12 +98,16 @@ static void start_delete(struct session *s)
         return;
     }
     size_t got = maildrop_deleted_uids(s->md, uids, n);
-    /* flag and hide keep the message upstream: the state hides it from later sessions. */
-    if (s->mapping->on_delete == CONFIG_DELETE_FLAG || s->mapping->on_delete == CONFIG_DELETE_HIDE)
-        for (size_t i = 0; i < got; i++)
-            session_state_hide(s, uids[i]);
     struct upstream_step steps[3];
     size_t nsteps = delete_steps(s, steps);
+    /* flag and hide keep the message upstream: the state hides it from later sessions;
+     * so does a move the server could not finish (no UIDPLUS), or its copies would pile
+     * up. For hide that is all; otherwise it waits for the server's OK. */
+    if (s->mapping->on_delete != CONFIG_DELETE_EXPUNGE &&
+        (s->mapping->on_delete != CONFIG_DELETE_MOVE || s->quit_partial))
+        s->hide_on_success = true;
+    if (nsteps == 0)
+        hide_deleted(s);
     if (s->quit_partial)
         session_log(s,
                     "event=update_partial reason=\"upstream lacks UIDPLUS; messages flagged "
@@ -138,6 +154,8 @@ void session_quit_done(struct session *s, enum upstream_status st, const char *d
             session_job_done(s);
             return;
         }
+        if (s->job == JOB_QUIT_DELETE && s->hide_on_success)
+            hide_deleted(s);
         if (!s->quit_partial)
             s->deleted_count = maildrop_deleted_count(s->md);
         logout(s);

@@ -295,6 +295,15 @@ static void login_state_done(void *arg)
         return;
     }
     s->state_job = NULL;
+    if (s->up == NULL) {
+        /* The mail server went away while the state loaded. */
+        session_log(s, "event=login_failed reason=\"upstream lost during login\"");
+        job_free(j);
+        session_login_refused(s, "SYS/TEMP",
+                              "Mail server temporarily unavailable, try again "
+                              "later");
+        return;
+    }
     if (j->lock_result == STATE_LOCK_BUSY) {
         session_log(s, "event=login_failed reason=\"mailbox in use by another POP3 session\"");
         job_free(j);
@@ -420,6 +429,8 @@ const char *session_state_uidl(const struct session *s, uint32_t n)
 static void update_work(void *arg)
 {
     struct state_job *j = arg;
+    if (j->nfixes == 0 && j->nhides == 0)
+        return; /* only the unlock, which job_free does after this */
     j->rc = state_store_load(store, j->key, j->key_len, &j->doc, j->warn, sizeof(j->warn), j->err,
                              sizeof(j->err));
     if (j->rc < 0)
@@ -468,10 +479,8 @@ void session_state_end(struct session *s)
     }
     if (s->lock == NULL)
         return;
-    if ((s->nfixes == 0 && s->nhides == 0) || store == NULL) {
-        state_store_unlock(&s->lock);
-        return;
-    }
+    /* Even with nothing to record, the unlock goes through the state thread: its queue
+     * is in order, so the login's save lands before anyone else can take the lock. */
     struct state_job *j = job_new(s);
     if (j == NULL) {
         state_store_unlock(&s->lock);
@@ -488,7 +497,7 @@ void session_state_end(struct session *s)
     s->hides = NULL;
     s->nhides = 0;
     j->session = NULL;
-    if (state_worker_submit(update_work, update_done, j) < 0)
+    if (store == NULL || state_worker_submit(update_work, update_done, j) < 0)
         job_free(j);
 }
 

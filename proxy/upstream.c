@@ -50,6 +50,7 @@ enum stage {
     ST_EXPUNGE,
     ST_LOGOUT,
     ST_CLOSED,
+    ST_COUNT
 };
 
 /* What the response being parsed is, learnt token by token. */
@@ -71,6 +72,7 @@ struct resp {
     uint64_t size;
     bool streaming;  /* this literal is the fetched section */
     bool collecting; /* this literal is a header section kept for upstream_fetch_headers */
+    bool has_header; /* this FETCH carried the header section asked for */
 };
 
 struct upstream {
@@ -253,11 +255,27 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         finish(u, UPSTREAM_TIMEOUT);
         return;
     }
-    static const char *const stage_names[] = {
-        "idle",  "connect", "greeting", "capability", "login",  "capability", "select",
-        "sizes", "fetch",   "store",    "expunge",    "logout", "closed",
+    static const char *const stage_names[ST_COUNT] = {
+        [ST_IDLE] = "idle",
+        [ST_CONNECTING] = "connect",
+        [ST_TLS] = "tls handshake",
+        [ST_GREETING] = "greeting",
+        [ST_STARTTLS] = "starttls",
+        [ST_ID] = "id",
+        [ST_CAPABILITY] = "capability",
+        [ST_AUTH] = "login",
+        [ST_POSTCAPS] = "capability",
+        [ST_SELECT] = "select",
+        [ST_SIZES] = "sizes",
+        [ST_FETCH] = "fetch",
+        [ST_HEADERS] = "headers",
+        [ST_STORE] = "update",
+        [ST_EXPUNGE] = "expunge",
+        [ST_LOGOUT] = "logout",
+        [ST_CLOSED] = "closed",
     };
-    fail(u, UPSTREAM_TIMEOUT, "no answer from upstream during %s", stage_names[u->stage]);
+    const char *name = u->stage < ST_COUNT && stage_names[u->stage] ? stage_names[u->stage] : "?";
+    fail(u, UPSTREAM_TIMEOUT, "no answer from upstream during %s", name);
 }
 
 /* Queues a complete command; for synchronizing literals only its first segment goes now. */
@@ -893,9 +911,10 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         r->want_value = false;
         break;
     case IMAP_EV_STRING:
-        if (u->stage == ST_HEADERS && is_section_item(r->item))
+        if (u->stage == ST_HEADERS && is_section_item(r->item)) {
             hdr_append(u, ev->str.p, ev->str.len);
-        else
+            r->has_header = true;
+        } else
             section_string(u, ev->str.p, ev->str.len);
         r->want_value = false;
         break;
@@ -908,6 +927,7 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         break;
     case IMAP_EV_LITERAL_BEGIN:
         r->collecting = u->stage == ST_HEADERS && is_section_item(r->item);
+        r->has_header = r->has_header || r->collecting;
         r->streaming = section_wanted(u);
         if (r->streaming) {
             u->body_seen = true;
