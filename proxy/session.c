@@ -22,9 +22,6 @@ static unsigned nsessions;
 static uint32_t session_seq;
 
 static void process_commands(struct session *s);
-static bool is_loopback(const struct sockaddr_storage *peer);
-static void proxy_retry_cb(struct ev_loop *loop, ev_timer *w, int revents);
-static void read_proxy_header(struct session *s);
 
 unsigned session_count(void)
 {
@@ -159,7 +156,7 @@ void session_close_all(const char *reason)
 }
 
 /* Re-arms the idle timer for the state the session is in. */
-static void touch(struct session *s)
+void session_touch(struct session *s)
 {
     uint32_t secs = s->state == SESSION_AUTHORIZATION ? s->cfg->limits.auth_timeout
                                                       : s->cfg->limits.idle_timeout;
@@ -171,45 +168,6 @@ static void touch(struct session *s)
 static bool out_below_low_mark(const struct session *s)
 {
     return buffer_len(&s->out) <= s->out.cap / 2;
-}
-
-static void do_handshake(struct session *s)
-{
-    enum conn_status st = conn_handshake(&s->client);
-    if (st == CONN_AGAIN)
-        return;
-    if (st != CONN_DONE) {
-        char q[LOG_VALUE_MAX];
-        session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
-        session_close(s, "tls_failed");
-        return;
-    }
-    char desc[96];
-    conn_tls_describe(&s->client, desc, sizeof(desc));
-    session_log(s, "event=tls tls=%s", desc);
-    touch(s);
-    if (s->job == JOB_STLS) {
-        s->job = JOB_NONE;
-        return;
-    }
-    /* Implicit TLS: the greeting goes out once the channel is secure. */
-    session_reply(s, true, NULL, "popgate ready");
-}
-
-/* STLS was answered and the answer is on the wire: switch the connection to TLS. */
-static void start_stls(struct session *s)
-{
-    /* Whatever the client sent behind STLS was plaintext: never run it (RFC 2595 3.1). */
-    buffer_clear(&s->in);
-    pop3_parser_reset(s->parser);
-    if (conn_tls_accept(&s->client, s->listener->tls_ctx) < 0) {
-        char q[LOG_VALUE_MAX];
-        session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
-        session_close(s, "tls_failed");
-        return;
-    }
-    s->secure = true;
-    do_handshake(s);
 }
 
 /* Points the one watcher at the readiness the connection needs; (re)starts it on change. */
@@ -231,7 +189,7 @@ void session_update_io(struct session *s)
     if (s->reaped)
         return;
     if (s->job == JOB_STLS && buffer_len(&s->out) == 0 && !s->client.handshaking) {
-        start_stls(s);
+        session_conn_start_stls(s);
         if (s->reaped)
             return;
     }
@@ -280,7 +238,7 @@ static void do_write(struct session *s)
         progressed = true;
     }
     if (progressed)
-        touch(s);
+        session_touch(s);
     if (s->flush_close)
         return;
     if (s->up != NULL && out_below_low_mark(s))
@@ -304,7 +262,7 @@ static void do_read(struct session *s)
     switch (st) {
     case CONN_DONE:
         buffer_commit(&s->in, n);
-        touch(s);
+        session_touch(s);
         process_commands(s);
         return;
     case CONN_AGAIN:
@@ -326,12 +284,12 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)loop;
     struct session *s = w->data;
     if (s->await_proxy) {
-        read_proxy_header(s);
+        session_conn_read_proxy(s);
         session_update_io(s);
         return;
     }
     if (s->client.handshaking) {
-        do_handshake(s);
+        session_conn_handshake(s);
         if (!s->reaped && !s->client.handshaking && s->job == JOB_NONE)
             process_commands(s);
         session_update_io(s);
@@ -373,7 +331,7 @@ static void idle_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct session *s = w->data;
     if (waits_on_upstream(s)) {
         /* The upstream's own timeouts watch that side. */
-        touch(s);
+        session_touch(s);
         return;
     }
     session_log(s, "event=idle_timeout state=%s",
@@ -534,128 +492,6 @@ static void process_commands(struct session *s)
         buffer_shrink(&s->in);
 }
 
-/* The connection is ready for POP3: implicit TLS first, else the greeting. */
-static void begin(struct session *s)
-{
-    if (s->listener->tls == CONFIG_TLS_IMPLICIT) {
-        if (conn_tls_accept(&s->client, s->listener->tls_ctx) < 0) {
-            char q[LOG_VALUE_MAX];
-            session_log(s, "event=tls_failed reason=%s", log_str(q, sizeof(q), s->client.error));
-            session_close(s, "tls_failed");
-            return;
-        }
-        s->secure = true;
-        return;
-    }
-    session_reply(s, true, NULL, "popgate ready");
-}
-
-/* Applies a PROXY header: from now on the session is the real client's. */
-static void take_proxy_info(struct session *s, const struct proxy_protocol_info *info)
-{
-    if (info->family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&s->client_addr;
-        memset(&s->client_addr, 0, sizeof(s->client_addr));
-        in->sin_family = AF_INET;
-        memcpy(&in->sin_addr, info->src_addr, 4);
-        in->sin_port = htons(info->src_port);
-    } else if (info->family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->client_addr;
-        memset(&s->client_addr, 0, sizeof(s->client_addr));
-        in6->sin6_family = AF_INET6;
-        memcpy(&in6->sin6_addr, info->src_addr, 16);
-        in6->sin6_port = htons(info->src_port);
-    } else {
-        return; /* LOCAL / UNKNOWN: the proxy's own connection (health checks) */
-    }
-    char proxy[64];
-    snprintf(proxy, sizeof(proxy), "%s", s->peer);
-    conn_format_addr(&s->client_addr, s->peer, sizeof(s->peer));
-    s->is_loopback = is_loopback(&s->client_addr);
-    session_log(s, "event=proxy_header version=%d proxy=%s", info->version, proxy);
-}
-
-/*
- * Reads the PROXY header with MSG_PEEK and then takes exactly its bytes, so what
- * follows (a TLS ClientHello for implicit TLS) stays in the socket for its reader.
- */
-static void read_proxy_header(struct session *s)
-{
-    char buf[PROXY_PROTOCOL_V2_MAX];
-    ssize_t n = recv(s->client.fd, buf, sizeof(buf), MSG_PEEK);
-    if (n == 0) {
-        session_close(s, "client_closed");
-        return;
-    }
-    if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            session_close(s, "client_error");
-        return;
-    }
-    struct proxy_protocol_info info;
-    size_t consumed = 0;
-    const char *error = NULL;
-    enum proxy_protocol_status st = proxy_protocol_parse(buf, (size_t)n, &consumed, &info, &error);
-    if (st == PROXY_PROTOCOL_MORE) {
-        /* The rest is on its way; peeking again at once would spin the loop. */
-        ev_timer_set(&s->proxy_retry, SESSION_PROXY_RETRY, 0);
-        ev_timer_start(s->loop, &s->proxy_retry);
-        return;
-    }
-    if (st == PROXY_PROTOCOL_ERROR) {
-        char q[LOG_VALUE_MAX];
-        session_log(s, "event=proxy_refused reason=%s", log_str(q, sizeof(q), error));
-        session_close(s, "proxy_refused");
-        return;
-    }
-    if (recv(s->client.fd, buf, consumed, 0) != (ssize_t)consumed) {
-        session_close(s, "client_error");
-        return;
-    }
-    s->await_proxy = false;
-    take_proxy_info(s, &info);
-    begin(s);
-}
-
-static void proxy_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)revents;
-    struct session *s = w->data;
-    read_proxy_header(s);
-    session_update_io(s);
-}
-
-static bool is_loopback(const struct sockaddr_storage *peer)
-{
-    if (peer->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
-        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (peer->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
-        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-            return true;
-        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
-    }
-    return false;
-}
-
-bool session_plaintext_ok(const struct session *s)
-{
-    if (s->secure)
-        return true;
-    switch (s->listener->plaintext_auth) {
-    case CONFIG_PLAINTEXT_ALLOW:
-        return true;
-    case CONFIG_PLAINTEXT_DENY:
-        return false;
-    case CONFIG_PLAINTEXT_LOOPBACK:
-        break;
-    }
-    return s->is_loopback;
-}
-
 int session_start(struct ev_loop *loop, const struct config *cfg,
                   const struct config_listener *listener, int fd,
                   const struct sockaddr_storage *peer)
@@ -682,12 +518,12 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
     buffer_init(&s->in, SESSION_IN_MAX, true);
     buffer_init(&s->out, cfg->limits.output_buffer, false);
     s->listener = listener;
-    s->is_loopback = is_loopback(peer);
+    s->is_loopback = session_conn_is_loopback(peer);
     ev_io_init(&s->io, io_cb, fd, 0);
     s->io.data = s;
     ev_init(&s->idle, idle_cb);
     s->idle.data = s;
-    ev_init(&s->proxy_retry, proxy_retry_cb);
+    ev_init(&s->proxy_retry, session_conn_proxy_retry_cb);
     s->proxy_retry.data = s;
     s->state = SESSION_AUTHORIZATION;
 
@@ -699,7 +535,7 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
 
     session_log(s, "event=session_start");
     metrics_session_start();
-    touch(s);
+    session_touch(s);
     if (listener->proxy_protocol) {
         if (!config_cidr_match(listener->trusted_proxies, listener->ntrusted_proxies,
                                (const struct sockaddr *)peer)) {
@@ -712,7 +548,7 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
         session_update_io(s);
         return 0;
     }
-    begin(s);
+    session_conn_begin(s);
     session_update_io(s);
     return 0;
 }

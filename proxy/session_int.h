@@ -163,6 +163,17 @@ enum metrics_upstream_error session_metrics_class(enum upstream_status st);
 /* True when this connection may carry a password (TLS, or the listener's policy). */
 bool session_plaintext_ok(const struct session *s);
 
+/* Re-arms the idle timer for the state the session is in. */
+void session_touch(struct session *s);
+
+/* session_conn.c */
+void session_conn_begin(struct session *s);
+void session_conn_handshake(struct session *s);
+void session_conn_start_stls(struct session *s);
+void session_conn_read_proxy(struct session *s);
+void session_conn_proxy_retry_cb(struct ev_loop *loop, ev_timer *w, int revents);
+bool session_conn_is_loopback(const struct sockaddr_storage *peer);
+
 /* session_auth.c */
 void session_cmd_user(struct session *s, const struct pop3_command *cmd);
 void session_cmd_pass(struct session *s, const struct pop3_command *cmd);
