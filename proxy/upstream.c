@@ -1,5 +1,6 @@
 /* The IMAP client side of a session: connect, log in, snapshot, fetch, delete, log out. */
 #include "upstream.h"
+#include "upstream_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,128 +20,7 @@
 #include "imap_writer.h"
 #include "log.h"
 
-/* Server bytes read per call; large reads keep the syscall count down on big messages. */
-#define UPSTREAM_IN_MAX (64 * 1024)
-/* Commands we queue: the largest is a login or one STORE/EXPUNGE set. */
-#define UPSTREAM_OUT_MAX (IMAP_CMD_MAX + 64)
-/* Longest UID set per STORE/EXPUNGE command; servers accept lines far longer. */
-#define UPSTREAM_SET_MAX 4000
-/* Steps one batch may chain (COPY, STORE, EXPUNGE). */
-#define UPSTREAM_STEPS_MAX  4
-#define UPSTREAM_DETAIL_MAX 256
-#define UPSTREAM_TEXT_MAX   160
-/* Header fields kept per message for upstream_fetch_headers (a Message-ID fits). */
-#define UPSTREAM_HDR_MAX 1024
-
-enum stage {
-    ST_IDLE,
-    ST_CONNECTING,
-    ST_TLS, /* TLS handshake (implicit, or after STARTTLS) */
-    ST_GREETING,
-    ST_STARTTLS,
-    ST_ID,
-    ST_CAPABILITY,
-    ST_AUTH,
-    ST_POSTCAPS,
-    ST_SELECT,
-    ST_SIZES,
-    ST_FETCH,
-    ST_HEADERS,
-    ST_STORE,
-    ST_EXPUNGE,
-    ST_LOGOUT,
-    ST_CLOSED,
-    ST_COUNT
-};
-
-/* What the response being parsed is, learnt token by token. */
-struct resp {
-    enum imap_resp_kind kind;
-    bool ours;     /* tagged with the tag of the running command */
-    unsigned pos;  /* top-level tokens seen so far */
-    bool numbered; /* "* <n> ..." */
-    uint32_t num;  /* that n */
-    char word[16]; /* OK, NO, BAD, BYE, PREAUTH, CAPABILITY, EXISTS, FETCH, ... */
-    char code[32]; /* the response code's name, if any */
-    char text[UPSTREAM_TEXT_MAX];
-    /* FETCH items at depth 1: name, then value. */
-    char item[32];
-    bool want_value;
-    unsigned skip_depth; /* >0: inside a list value being skipped */
-    bool has_uid, has_size;
-    uint32_t uid;
-    uint64_t size;
-    bool streaming;  /* this literal is the fetched section */
-    bool collecting; /* this literal is a header section kept for upstream_fetch_headers */
-    bool has_header; /* this FETCH carried the header section asked for */
-};
-
-struct upstream {
-    struct ev_loop *loop;
-    const struct config_upstream *cfg;
-    const struct config_limits *limits;
-    const struct upstream_handler *h;
-    void *ctx;
-    char session_id[16];
-
-    struct conn conn;
-    ev_io io;
-    int io_events;
-    bool starttls_go; /* STARTTLS was accepted: drop buffered input, start the handshake */
-    ev_timer timer;
-    size_t addr_index;
-
-    struct buffer in, out;
-    struct imap_parser *parser;
-    struct resp r;
-    enum stage stage;
-    unsigned tag_seq;
-    char tag[12];
-    bool paused; /* the session has no room for section bytes */
-    bool busy;   /* an operation runs; done() is owed */
-    bool bye;
-    bool closed;
-
-    /* Capabilities. */
-    bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus, starttls;
-    bool auth_xoauth2, auth_oauthbearer, id, move;
-    char client_ip[64]; /* for IMAP ID x-originating-ip; empty = do not send */
-    unsigned client_port;
-
-    /* Login. */
-    char *user, *pass; /* pass holds the client's SASL message for OAuth mechanisms */
-    size_t user_len, pass_len;
-    const char *sasl_mech; /* NULL: PLAIN or LOGIN with user and password */
-    char *pending;         /* the rest of a command waiting for "+" (synchronizing literals) */
-    size_t pending_len;
-    size_t pending_sync[IMAP_CMD_SYNC_MAX];
-    unsigned pending_nsync, pending_next;
-
-    /* Snapshot. */
-    uint32_t uidvalidity, exists;
-    bool have_uidvalidity;
-    struct maildrop *md;
-
-    /* Fetch. */
-    uint32_t fetch_uid;
-    bool body_seen;
-
-    /* Header fields of every message (upstream_fetch_headers). */
-    char hdr[UPSTREAM_HDR_MAX];
-    size_t hdr_len;
-
-    /* Delete. */
-    uint32_t *del_uids;
-    size_t del_n, del_pos;
-    struct upstream_step steps[UPSTREAM_STEPS_MAX]; /* args owned (strdup) */
-    size_t nsteps, step;
-
-    char detail[UPSTREAM_DETAIL_MAX];
-};
-
 static void process_input(struct upstream *u);
-static void update_io(struct upstream *u);
-static void try_connect(struct upstream *u);
 
 const char *upstream_status_name(enum upstream_status st)
 {
@@ -165,7 +45,7 @@ const char *upstream_status_name(enum upstream_status st)
     return "unknown";
 }
 
-static void wipe_free(char **p, size_t len)
+void upstream_wipe_free(char **p, size_t len)
 {
     if (*p != NULL) {
         explicit_bzero(*p, len); /* a plain memset before free may be optimised away */
@@ -174,18 +54,15 @@ static void wipe_free(char **p, size_t len)
     }
 }
 
-static void forget_credentials(struct upstream *u)
+void upstream_forget_credentials(struct upstream *u)
 {
-    wipe_free(&u->user, u->user_len);
-    wipe_free(&u->pass, u->pass_len);
-    wipe_free(&u->pending, u->pending_len);
+    upstream_wipe_free(&u->user, u->user_len);
+    upstream_wipe_free(&u->pass, u->pass_len);
+    upstream_wipe_free(&u->pending, u->pending_len);
     u->pending_len = 0;
 }
 
-static void set_detail(struct upstream *u, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void set_detail(struct upstream *u, const char *fmt, ...)
+void upstream_set_detail(struct upstream *u, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -197,7 +74,7 @@ static void set_detail(struct upstream *u, const char *fmt, ...)
  * Ends the running operation (or reports a failure between operations). A
  * failure closes the connection first, so nothing runs after the callback.
  */
-static void finish(struct upstream *u, enum upstream_status st)
+void upstream_finish(struct upstream *u, enum upstream_status st)
 {
     if (u->closed)
         return;
@@ -215,19 +92,16 @@ static void finish(struct upstream *u, enum upstream_status st)
         u->h->failed(u->ctx, st, u->detail);
 }
 
-static void fail(struct upstream *u, enum upstream_status st, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void fail(struct upstream *u, enum upstream_status st, const char *fmt, ...)
+void upstream_fail(struct upstream *u, enum upstream_status st, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(u->detail, sizeof(u->detail), fmt, ap);
     va_end(ap);
-    finish(u, st);
+    upstream_finish(u, st);
 }
 
-static void arm_timer(struct upstream *u, uint32_t seconds)
+void upstream_arm_timer(struct upstream *u, uint32_t seconds)
 {
     ev_timer_stop(u->loop, &u->timer);
     ev_timer_set(&u->timer, (ev_tstamp)seconds, (ev_tstamp)seconds);
@@ -243,16 +117,16 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         /* A black-holed address: try the next one before giving up. */
         char addr[64];
         conn_format_addr(&u->cfg->addrs[u->addr_index], addr, sizeof(addr));
-        set_detail(u, "connect to %s timed out", addr);
+        upstream_set_detail(u, "connect to %s timed out", addr);
         ev_io_stop(u->loop, &u->io);
         u->io_events = 0;
         conn_close(&u->conn);
         u->addr_index++;
         if (u->addr_index < u->cfg->naddrs) {
-            try_connect(u);
+            upstream_try_connect(u);
             return;
         }
-        finish(u, UPSTREAM_TIMEOUT);
+        upstream_finish(u, UPSTREAM_TIMEOUT);
         return;
     }
     static const char *const stage_names[ST_COUNT] = {
@@ -275,26 +149,26 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         [ST_CLOSED] = "closed",
     };
     const char *name = u->stage < ST_COUNT && stage_names[u->stage] ? stage_names[u->stage] : "?";
-    fail(u, UPSTREAM_TIMEOUT, "no answer from upstream during %s", name);
+    upstream_fail(u, UPSTREAM_TIMEOUT, "no answer from upstream during %s", name);
 }
 
 /* Queues a complete command; for synchronizing literals only its first segment goes now. */
-static int send_cmd(struct upstream *u, struct imap_cmd *c)
+int upstream_send_cmd(struct upstream *u, struct imap_cmd *c)
 {
     const char *error;
     if (imap_cmd_end(c, &error) < 0) {
-        set_detail(u, "cannot encode command: %s", error);
+        upstream_set_detail(u, "cannot encode command: %s", error);
         return -1;
     }
     size_t first = c->nsync > 0 ? c->sync[0] : c->len;
     if (buffer_append(&u->out, c->buf, first) < 0) {
-        set_detail(u, "command does not fit the output buffer");
+        upstream_set_detail(u, "command does not fit the output buffer");
         return -1;
     }
     if (c->nsync > 0) {
         u->pending = malloc(c->len);
         if (u->pending == NULL) {
-            set_detail(u, "out of memory");
+            upstream_set_detail(u, "out of memory");
             return -1;
         }
         memcpy(u->pending, c->buf, c->len);
@@ -303,235 +177,30 @@ static int send_cmd(struct upstream *u, struct imap_cmd *c)
         u->pending_nsync = c->nsync;
         u->pending_next = 0;
     }
-    arm_timer(u, u->limits->command_timeout);
+    upstream_arm_timer(u, u->limits->command_timeout);
     return 0;
 }
 
-static void next_tag(struct upstream *u)
+void upstream_next_tag(struct upstream *u)
 {
     snprintf(u->tag, sizeof(u->tag), "a%u", ++u->tag_seq);
 }
 
 /* Sends "<tag> <text>" built from trusted parts (no client bytes). */
-static int send_simple(struct upstream *u, const char *name, const char *args)
+int upstream_send_simple(struct upstream *u, const char *name, const char *args)
 {
     struct imap_cmd *c = malloc(sizeof(*c));
     if (c == NULL) {
-        set_detail(u, "out of memory");
+        upstream_set_detail(u, "out of memory");
         return -1;
     }
-    next_tag(u);
+    upstream_next_tag(u);
     imap_cmd_begin(c, u->tag, name, u->literal_plus);
     if (args != NULL)
         imap_cmd_raw(c, args);
-    int rc = send_cmd(u, c);
+    int rc = upstream_send_cmd(u, c);
     free(c);
     return rc;
-}
-
-/* ---- capabilities ---- */
-
-static void cap_reset(struct upstream *u)
-{
-    u->caps_known = true;
-    u->literal_plus = u->sasl_ir = u->auth_plain = u->logindisabled = u->uidplus = false;
-    u->starttls = u->auth_xoauth2 = u->auth_oauthbearer = u->id = u->move = false;
-}
-
-static void cap_add(struct upstream *u, const char *p, size_t len)
-{
-#define CAP_IS(s) (len == sizeof(s) - 1 && strncasecmp(p, s, len) == 0)
-    if (CAP_IS("LITERAL+"))
-        u->literal_plus = true;
-    else if (CAP_IS("SASL-IR"))
-        u->sasl_ir = true;
-    else if (CAP_IS("AUTH=PLAIN"))
-        u->auth_plain = true;
-    else if (CAP_IS("LOGINDISABLED"))
-        u->logindisabled = true;
-    else if (CAP_IS("UIDPLUS"))
-        u->uidplus = true;
-    else if (CAP_IS("STARTTLS"))
-        u->starttls = true;
-    else if (CAP_IS("AUTH=XOAUTH2"))
-        u->auth_xoauth2 = true;
-    else if (CAP_IS("AUTH=OAUTHBEARER"))
-        u->auth_oauthbearer = true;
-    else if (CAP_IS("ID"))
-        u->id = true;
-    else if (CAP_IS("MOVE"))
-        u->move = true;
-#undef CAP_IS
-}
-
-static void cap_parse_list(struct upstream *u, const char *p, size_t len)
-{
-    cap_reset(u);
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && p[i] == ' ')
-            i++;
-        size_t start = i;
-        while (i < len && p[i] != ' ')
-            i++;
-        if (i > start)
-            cap_add(u, p + start, i - start);
-    }
-}
-
-/* ---- login stages ---- */
-
-static void start_select(struct upstream *u)
-{
-    u->stage = ST_SELECT;
-    if (send_simple(u, "SELECT", "INBOX") < 0)
-        finish(u, UPSTREAM_INTERNAL);
-}
-
-/* Builds the SASL message to send: PLAIN's from user and password, or the client's own
- * OAuth message, which popgate passes on unchanged. Returns NULL when out of memory. */
-static char *sasl_message(struct upstream *u, size_t *len_r)
-{
-    if (u->sasl_mech != NULL) {
-        char *raw = malloc(u->pass_len ? u->pass_len : 1);
-        if (raw != NULL)
-            memcpy(raw, u->pass, u->pass_len);
-        *len_r = u->pass_len;
-        return raw;
-    }
-    /* authzid NUL authcid NUL password (RFC 4616): base64 leaves no quoting questions. */
-    size_t len = 1 + u->user_len + 1 + u->pass_len;
-    char *raw = malloc(len);
-    if (raw != NULL) {
-        raw[0] = '\0';
-        memcpy(raw + 1, u->user, u->user_len);
-        raw[1 + u->user_len] = '\0';
-        memcpy(raw + 2 + u->user_len, u->pass, u->pass_len);
-    }
-    *len_r = len;
-    return raw;
-}
-
-/* AUTHENTICATE <mech>, with the response inline (SASL-IR) or after the server's "+". */
-static int send_authenticate(struct upstream *u, struct imap_cmd *c, const char *mech)
-{
-    size_t raw_len = 0;
-    char *raw = sasl_message(u, &raw_len);
-    size_t b64_cap = BASE64_ENCODED_SIZE(raw_len);
-    char *b64 = malloc(b64_cap + 2);
-    long n = -1;
-    if (raw != NULL && b64 != NULL)
-        n = base64_encode(raw, raw_len, b64, b64_cap);
-    int rc = -1;
-    char name[32];
-    snprintf(name, sizeof(name), "AUTHENTICATE %s", mech);
-    if (n < 0) {
-        set_detail(u, "out of memory");
-    } else if ((size_t)n + 64 > IMAP_CMD_MAX) {
-        set_detail(u, "login does not fit a command");
-    } else if (u->sasl_ir) {
-        imap_cmd_begin(c, u->tag, name, u->literal_plus);
-        /* RFC 4959: an empty initial response is sent as "=". */
-        imap_cmd_raw(c, n == 0 ? "=" : b64);
-        rc = send_cmd(u, c);
-    } else {
-        imap_cmd_begin(c, u->tag, name, u->literal_plus);
-        rc = send_cmd(u, c);
-        if (rc == 0) {
-            memcpy(b64 + n, "\r\n", 2);
-            u->pending = b64;
-            u->pending_len = (size_t)n + 2;
-            u->pending_nsync = 0;
-            u->pending_next = 0;
-            b64 = NULL;
-        }
-    }
-    if (raw != NULL)
-        wipe_free(&raw, raw_len);
-    if (b64 != NULL)
-        wipe_free(&b64, b64_cap + 2);
-    return rc;
-}
-
-static void start_auth(struct upstream *u)
-{
-    if (u->sasl_mech != NULL &&
-        !(strcmp(u->sasl_mech, "XOAUTH2") == 0 ? u->auth_xoauth2 : u->auth_oauthbearer)) {
-        fail(u, UPSTREAM_AUTH, "upstream does not offer AUTH=%s", u->sasl_mech);
-        return;
-    }
-    if (u->sasl_mech == NULL && u->logindisabled && !u->auth_plain) {
-        fail(u, UPSTREAM_PROTOCOL, "upstream announces LOGINDISABLED and no AUTH=PLAIN");
-        return;
-    }
-    struct imap_cmd *c = malloc(sizeof(*c));
-    if (c == NULL) {
-        fail(u, UPSTREAM_INTERNAL, "out of memory");
-        return;
-    }
-    next_tag(u);
-    u->stage = ST_AUTH;
-    int rc;
-    if (u->sasl_mech != NULL) {
-        rc = send_authenticate(u, c, u->sasl_mech);
-    } else if (u->auth_plain) {
-        rc = send_authenticate(u, c, "PLAIN");
-    } else {
-        imap_cmd_begin(c, u->tag, "LOGIN", u->literal_plus);
-        imap_cmd_string(c, u->user, u->user_len);
-        imap_cmd_string(c, u->pass, u->pass_len);
-        rc = send_cmd(u, c);
-    }
-    explicit_bzero(c, sizeof(*c));
-    free(c);
-    if (rc < 0) {
-        finish(u, UPSTREAM_INTERNAL);
-        return;
-    }
-    /* Capabilities may change after login (RFC 3501 6.2.2): learn them again. */
-    u->caps_known = false;
-    /* The command (or its pending rest) now holds what is needed. */
-    wipe_free(&u->user, u->user_len);
-    wipe_free(&u->pass, u->pass_len);
-}
-
-/* A "+" arrived: send the next part of the running command. */
-static void on_continuation(struct upstream *u)
-{
-    if (u->pending == NULL) {
-        if (u->stage == ST_AUTH) {
-            /* A challenge after our response is an error report (XOAUTH2, RFC 7628):
-             * answer as the mechanism wants, so the server ends with a tagged NO. */
-            const char *reply = "*\r\n";
-            if (u->sasl_mech != NULL)
-                reply = strcmp(u->sasl_mech, "OAUTHBEARER") == 0 ? "AQ==\r\n" : "\r\n";
-            (void)buffer_append(&u->out, reply, strlen(reply));
-            return;
-        }
-        fail(u, UPSTREAM_PROTOCOL, "unexpected continuation request");
-        return;
-    }
-    size_t from = u->pending_nsync > 0 ? u->pending_sync[u->pending_next] : 0;
-    size_t to = u->pending_next + 1 < u->pending_nsync ? u->pending_sync[u->pending_next + 1]
-                                                       : u->pending_len;
-    if (buffer_append(&u->out, u->pending + from, to - from) < 0) {
-        fail(u, UPSTREAM_INTERNAL, "continuation does not fit the output buffer");
-        return;
-    }
-    u->pending_next++;
-    if (u->pending_nsync == 0 || u->pending_next >= u->pending_nsync)
-        wipe_free(&u->pending, u->pending_len);
-}
-
-static enum upstream_status classify_login_no(const struct resp *r)
-{
-    /* RFC 5530: these codes say the server, not the password, is the problem. */
-    static const char *const temporary[] = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE",
-                                            "CONTACTADMIN"};
-    for (size_t i = 0; i < sizeof(temporary) / sizeof(temporary[0]); i++)
-        if (strcasecmp(r->code, temporary[i]) == 0)
-            return UPSTREAM_CONNECT;
-    return UPSTREAM_AUTH;
 }
 
 /* ---- tagged completions ---- */
@@ -540,7 +209,6 @@ static enum upstream_status classify_login_no(const struct resp *r)
 static const char *const step_names[] = {"UID STORE", "UID EXPUNGE", "UID COPY", "UID MOVE"};
 
 static void start_next_delete(struct upstream *u);
-static void after_caps(struct upstream *u);
 static void free_steps(struct upstream *u);
 
 static void on_tagged(struct upstream *u)
@@ -549,216 +217,127 @@ static void on_tagged(struct upstream *u)
     bool ok = strcasecmp(r->word, "OK") == 0;
     bool no = strcasecmp(r->word, "NO") == 0;
     if (u->pending != NULL && u->stage != ST_AUTH)
-        wipe_free(&u->pending, u->pending_len);
+        upstream_wipe_free(&u->pending, u->pending_len);
     if (!ok && !no) {
-        fail(u, UPSTREAM_PROTOCOL, "upstream answered %s to %s: %s", r->word, u->tag, r->text);
+        upstream_fail(u, UPSTREAM_PROTOCOL, "upstream answered %s to %s: %s", r->word, u->tag,
+                      r->text);
         return;
     }
     switch (u->stage) {
     case ST_CAPABILITY:
         if (!ok) {
-            fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
+            upstream_fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
             return;
         }
-        after_caps(u);
+        upstream_login_after_caps(u);
         return;
     case ST_ID:
         /* A server that dislikes ID still lets us log in. */
-        start_auth(u);
+        upstream_login_auth(u);
         return;
     case ST_STARTTLS:
         if (!ok) {
-            fail(u, UPSTREAM_PROTOCOL, "STARTTLS refused: %s", r->text);
+            upstream_fail(u, UPSTREAM_PROTOCOL, "STARTTLS refused: %s", r->text);
             return;
         }
         u->starttls_go = true;
         return;
     case ST_AUTH:
-        wipe_free(&u->pending, u->pending_len);
+        upstream_wipe_free(&u->pending, u->pending_len);
         if (!ok) {
-            enum upstream_status st = classify_login_no(r);
-            fail(u, st, "login refused%s%s%s: %s", r->code[0] ? " [" : "", r->code,
-                 r->code[0] ? "]" : "", r->text);
+            enum upstream_status st = upstream_login_classify_no(r);
+            upstream_fail(u, st, "login refused%s%s%s: %s", r->code[0] ? " [" : "", r->code,
+                          r->code[0] ? "]" : "", r->text);
             return;
         }
         if (!u->caps_known) {
             u->stage = ST_POSTCAPS;
-            if (send_simple(u, "CAPABILITY", NULL) < 0)
-                finish(u, UPSTREAM_INTERNAL);
+            if (upstream_send_simple(u, "CAPABILITY", NULL) < 0)
+                upstream_finish(u, UPSTREAM_INTERNAL);
             return;
         }
-        start_select(u);
+        upstream_login_select(u);
         return;
     case ST_POSTCAPS:
         if (!ok) {
-            fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
+            upstream_fail(u, UPSTREAM_PROTOCOL, "CAPABILITY refused: %s", r->text);
             return;
         }
-        start_select(u);
+        upstream_login_select(u);
         return;
     case ST_SELECT:
         if (!ok) {
-            fail(u, UPSTREAM_CONNECT, "SELECT INBOX refused: %s", r->text);
+            upstream_fail(u, UPSTREAM_CONNECT, "SELECT INBOX refused: %s", r->text);
             return;
         }
         if (!u->have_uidvalidity) {
-            fail(u, UPSTREAM_PROTOCOL, "SELECT gave no UIDVALIDITY");
+            upstream_fail(u, UPSTREAM_PROTOCOL, "SELECT gave no UIDVALIDITY");
             return;
         }
         u->md = maildrop_new(u->uidvalidity);
         if (u->md == NULL) {
-            fail(u, UPSTREAM_INTERNAL, "out of memory");
+            upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
             return;
         }
         if (u->exists == 0) {
             maildrop_seal(u->md);
-            finish(u, UPSTREAM_OK);
+            upstream_finish(u, UPSTREAM_OK);
             return;
         }
         u->stage = ST_SIZES;
-        if (send_simple(u, "UID FETCH", "1:* (UID RFC822.SIZE)") < 0)
-            finish(u, UPSTREAM_INTERNAL);
+        if (upstream_send_simple(u, "UID FETCH", "1:* (UID RFC822.SIZE)") < 0)
+            upstream_finish(u, UPSTREAM_INTERNAL);
         return;
     case ST_SIZES:
         if (!ok) {
-            fail(u, UPSTREAM_PROTOCOL, "size fetch refused: %s", r->text);
+            upstream_fail(u, UPSTREAM_PROTOCOL, "size fetch refused: %s", r->text);
             return;
         }
         maildrop_seal(u->md);
-        finish(u, UPSTREAM_OK);
+        upstream_finish(u, UPSTREAM_OK);
         return;
     case ST_FETCH:
         /* RFC 5530: EXPUNGEISSUED means the data is gone, even with OK. */
         if (ok && strcasecmp(r->code, "EXPUNGEISSUED") == 0 && !u->body_seen)
             ok = false;
         if (!ok)
-            set_detail(u, "fetch of uid %u refused: %s", u->fetch_uid, r->text);
-        finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
+            upstream_set_detail(u, "fetch of uid %u refused: %s", u->fetch_uid, r->text);
+        upstream_finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
         return;
     case ST_HEADERS:
         if (!ok)
-            set_detail(u, "header fetch refused: %s", r->text);
-        finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
+            upstream_set_detail(u, "header fetch refused: %s", r->text);
+        upstream_finish(u, ok ? UPSTREAM_OK : UPSTREAM_NO);
         return;
     case ST_STORE:
         if (!ok) {
-            set_detail(u, "%s refused: %s", step_names[u->steps[u->step].kind], r->text);
-            finish(u, UPSTREAM_NO);
+            upstream_set_detail(u, "%s refused: %s", step_names[u->steps[u->step].kind], r->text);
+            upstream_finish(u, UPSTREAM_NO);
             return;
         }
         start_next_delete(u);
         return;
     case ST_LOGOUT:
-        finish(u, UPSTREAM_OK);
+        upstream_finish(u, UPSTREAM_OK);
         return;
     default:
-        fail(u, UPSTREAM_PROTOCOL, "tagged reply %s in an unexpected state", u->tag);
+        upstream_fail(u, UPSTREAM_PROTOCOL, "tagged reply %s in an unexpected state", u->tag);
         return;
     }
 }
 
 /* ---- untagged responses ---- */
 
-/* Capabilities are known: go on with STARTTLS where configured, else log in. */
-static void after_caps(struct upstream *u)
-{
-    if (u->cfg->tls == CONFIG_TLS_STARTTLS && !conn_is_tls(&u->conn)) {
-        /* Never fall back to plaintext: the password would cross the wire in clear. */
-        if (!u->starttls) {
-            fail(u, UPSTREAM_PROTOCOL, "upstream does not offer STARTTLS; not logging in");
-            return;
-        }
-        u->stage = ST_STARTTLS;
-        if (send_simple(u, "STARTTLS", NULL) < 0)
-            finish(u, UPSTREAM_INTERNAL);
-        return;
-    }
-    if (u->client_ip[0] != '\0' && u->id) {
-        /* RFC 2971: the server's own brute-force protection sees the real client. */
-        char args[160];
-        snprintf(args, sizeof(args), "(\"x-originating-ip\" \"%s\" \"x-originating-port\" \"%u\")",
-                 u->client_ip, u->client_port);
-        u->stage = ST_ID;
-        if (send_simple(u, "ID", args) < 0)
-            finish(u, UPSTREAM_INTERNAL);
-        return;
-    }
-    start_auth(u);
-}
-
-static void begin_tls(struct upstream *u)
-{
-    const struct config_upstream *cfg = u->cfg;
-    const char *verify_name = NULL;
-    if (cfg->verify)
-        verify_name = cfg->verify_name != NULL ? cfg->verify_name : cfg->host;
-    /* SNI carries host names only (RFC 6066 3). */
-    unsigned char addr[16];
-    bool is_ip =
-        inet_pton(AF_INET, cfg->host, addr) == 1 || inet_pton(AF_INET6, cfg->host, addr) == 1;
-    if (conn_tls_connect(&u->conn, cfg->tls_ctx, is_ip ? NULL : cfg->host, verify_name) < 0) {
-        fail(u, UPSTREAM_CONNECT, "%s", u->conn.error);
-        return;
-    }
-    u->stage = ST_TLS;
-    arm_timer(u, u->limits->connect_timeout);
-}
-
-static void tls_step(struct upstream *u)
-{
-    enum conn_status st = conn_handshake(&u->conn);
-    if (st == CONN_AGAIN)
-        return;
-    if (st != CONN_DONE) {
-        fail(u, UPSTREAM_CONNECT, "TLS with upstream %s failed: %s", u->cfg->name, u->conn.error);
-        return;
-    }
-    if (u->cfg->tls == CONFIG_TLS_IMPLICIT) {
-        u->stage = ST_GREETING;
-        return;
-    }
-    /* After STARTTLS, what was said before TLS no longer counts (RFC 3501 6.2.1). */
-    u->caps_known = false;
-    u->stage = ST_CAPABILITY;
-    if (send_simple(u, "CAPABILITY", NULL) < 0)
-        finish(u, UPSTREAM_INTERNAL);
-}
-
-static void on_greeting(struct upstream *u)
-{
-    struct resp *r = &u->r;
-    if (strcasecmp(r->word, "OK") == 0) {
-        if (u->caps_known) {
-            after_caps(u);
-            return;
-        }
-        u->stage = ST_CAPABILITY;
-        if (send_simple(u, "CAPABILITY", NULL) < 0)
-            finish(u, UPSTREAM_INTERNAL);
-        return;
-    }
-    if (strcasecmp(r->word, "PREAUTH") == 0) {
-        /* Logged in as someone before we said who: never serve that mailbox. */
-        fail(u, UPSTREAM_PROTOCOL, "upstream greeted with PREAUTH; refusing");
-        return;
-    }
-    if (strcasecmp(r->word, "BYE") == 0) {
-        fail(u, UPSTREAM_CONNECT, "upstream refused the connection: %s", r->text);
-        return;
-    }
-    fail(u, UPSTREAM_PROTOCOL, "bad greeting");
-}
-
 static void on_untagged_end(struct upstream *u)
 {
     struct resp *r = &u->r;
     if (u->stage == ST_GREETING) {
-        on_greeting(u);
+        upstream_login_greeting(u);
         return;
     }
     if (strcasecmp(r->word, "BYE") == 0) {
         u->bye = true;
-        set_detail(u, "upstream said BYE: %s", r->text);
+        upstream_set_detail(u, "upstream said BYE: %s", r->text);
         return;
     }
     if (r->numbered && strcasecmp(r->word, "EXISTS") == 0) {
@@ -772,7 +351,7 @@ static void on_untagged_end(struct upstream *u)
     if (r->numbered && strcasecmp(r->word, "FETCH") == 0 && u->stage == ST_SIZES && r->has_uid &&
         r->has_size) {
         if (maildrop_add(u->md, r->uid, r->size) < 0)
-            fail(u, UPSTREAM_INTERNAL, "out of memory for the snapshot");
+            upstream_fail(u, UPSTREAM_INTERNAL, "out of memory for the snapshot");
         return;
     }
 }
@@ -784,7 +363,7 @@ static void on_code(struct upstream *u, const struct imap_event *ev)
     memcpy(r->code, ev->str.p, n);
     r->code[n] = '\0';
     if (strcasecmp(r->code, "CAPABILITY") == 0) {
-        cap_parse_list(u, ev->args.p, ev->args.len);
+        upstream_login_cap_parse(u, ev->args.p, ev->args.len);
     } else if (strcasecmp(r->code, "UIDVALIDITY") == 0) {
         char num[16];
         size_t len = ev->args.len < sizeof(num) - 1 ? ev->args.len : sizeof(num) - 1;
@@ -879,8 +458,8 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         } else if (r->kind == IMAP_RESP_UNTAGGED && strcasecmp(r->word, "CAPABILITY") == 0 &&
                    ev->type == IMAP_EV_ATOM) {
             if (r->pos == 1)
-                cap_reset(u);
-            cap_add(u, ev->str.p, ev->str.len);
+                upstream_login_cap_reset(u);
+            upstream_login_cap_add(u, ev->str.p, ev->str.len);
         }
         r->pos++;
         return;
@@ -974,13 +553,13 @@ static void on_event(struct upstream *u, const struct imap_event *ev)
         return;
     case IMAP_EV_END:
         if (r->kind == IMAP_RESP_CONTINUATION) {
-            on_continuation(u);
+            upstream_login_continuation(u);
         } else if (r->kind == IMAP_RESP_UNTAGGED) {
             on_untagged_end(u);
         } else if (r->ours) {
             on_tagged(u);
         } else {
-            fail(u, UPSTREAM_PROTOCOL, "reply with an unknown tag");
+            upstream_fail(u, UPSTREAM_PROTOCOL, "reply with an unknown tag");
         }
         return;
     default:
@@ -1015,7 +594,7 @@ static void process_input(struct upstream *u)
         enum imap_ev t =
             imap_parser_feed(u->parser, buffer_data(&u->in), feed, &consumed, &ev, &error);
         if (t == IMAP_EV_ERROR) {
-            fail(u, UPSTREAM_PROTOCOL, "bad response from upstream: %s", error);
+            upstream_fail(u, UPSTREAM_PROTOCOL, "bad response from upstream: %s", error);
             return;
         }
         /* LITERAL_DATA points into the buffer: use it before consuming. */
@@ -1032,7 +611,7 @@ static void process_input(struct upstream *u)
                          u->session_id, u->cfg->name, buffer_len(&u->in));
                 buffer_consume(&u->in, buffer_len(&u->in));
             }
-            begin_tls(u);
+            upstream_login_begin_tls(u);
             return;
         }
         if (t == IMAP_EV_MORE)
@@ -1061,13 +640,14 @@ static void do_read(struct upstream *u)
         return;
     case CONN_EOF:
         if (u->stage == ST_LOGOUT) {
-            finish(u, UPSTREAM_OK);
+            upstream_finish(u, UPSTREAM_OK);
             return;
         }
-        fail(u, UPSTREAM_CLOSED, "%s", u->bye ? u->detail : "upstream closed the connection");
+        upstream_fail(u, UPSTREAM_CLOSED, "%s",
+                      u->bye ? u->detail : "upstream closed the connection");
         return;
     case CONN_ERROR:
-        fail(u, UPSTREAM_CLOSED, "upstream read failed: %s", strerror(errno));
+        upstream_fail(u, UPSTREAM_CLOSED, "upstream read failed: %s", strerror(errno));
         return;
     }
 }
@@ -1080,7 +660,7 @@ static void do_write(struct upstream *u)
         if (st == CONN_AGAIN)
             return;
         if (st != CONN_DONE) {
-            fail(u, UPSTREAM_CLOSED, "upstream write failed: %s", strerror(errno));
+            upstream_fail(u, UPSTREAM_CLOSED, "upstream write failed: %s", strerror(errno));
             return;
         }
         buffer_consume(&u->out, n);
@@ -1097,17 +677,17 @@ static void connected(struct upstream *u)
     if (err != 0) {
         char addr[64];
         conn_format_addr(&u->cfg->addrs[u->addr_index], addr, sizeof(addr));
-        set_detail(u, "connect to %s failed: %s", addr, strerror(err));
+        upstream_set_detail(u, "connect to %s failed: %s", addr, strerror(err));
         ev_io_stop(u->loop, &u->io);
         u->io_events = 0;
         conn_close(&u->conn);
         u->addr_index++;
-        try_connect(u);
+        upstream_try_connect(u);
         return;
     }
-    arm_timer(u, u->limits->connect_timeout);
+    upstream_arm_timer(u, u->limits->connect_timeout);
     if (u->cfg->tls == CONFIG_TLS_IMPLICIT) {
-        begin_tls(u);
+        upstream_login_begin_tls(u);
         return;
     }
     u->stage = ST_GREETING;
@@ -1126,7 +706,7 @@ static void set_events(struct upstream *u, int events)
 }
 
 /* Derives what the watcher waits for from the stage and the buffers (one place for it). */
-static void update_io(struct upstream *u)
+void upstream_update_io(struct upstream *u)
 {
     if (u->closed)
         return;
@@ -1153,7 +733,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (u->stage == ST_CONNECTING) {
         connected(u);
     } else if (u->conn.handshaking) {
-        tls_step(u);
+        upstream_login_tls_step(u);
     } else {
         if ((revents & u->conn.wr_wait) && buffer_len(&u->out) > 0 && !u->closed)
             do_write(u);
@@ -1163,20 +743,20 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
         if (!u->closed && !u->conn.handshaking && buffer_len(&u->out) > 0)
             do_write(u);
     }
-    update_io(u);
+    upstream_update_io(u);
 }
 
-static void try_connect(struct upstream *u)
+void upstream_try_connect(struct upstream *u)
 {
     for (; u->addr_index < u->cfg->naddrs; u->addr_index++) {
         const struct sockaddr_storage *sa = &u->cfg->addrs[u->addr_index];
         int fd = socket(sa->ss_family, SOCK_STREAM, 0);
         if (fd < 0) {
-            set_detail(u, "socket: %s", strerror(errno));
+            upstream_set_detail(u, "socket: %s", strerror(errno));
             continue;
         }
         if (conn_prepare_fd(fd) < 0) {
-            set_detail(u, "socket setup: %s", strerror(errno));
+            upstream_set_detail(u, "socket setup: %s", strerror(errno));
             close(fd);
             continue;
         }
@@ -1185,18 +765,18 @@ static void try_connect(struct upstream *u)
         if (connect(fd, (const struct sockaddr *)sa, u->cfg->addr_lens[u->addr_index]) == 0 ||
             errno == EINPROGRESS) {
             u->stage = ST_CONNECTING;
-            arm_timer(u, u->limits->connect_timeout);
-            update_io(u);
+            upstream_arm_timer(u, u->limits->connect_timeout);
+            upstream_update_io(u);
             return;
         }
         char addr[64];
         conn_format_addr(sa, addr, sizeof(addr));
-        set_detail(u, "connect to %s failed: %s", addr, strerror(errno));
+        upstream_set_detail(u, "connect to %s failed: %s", addr, strerror(errno));
         conn_close(&u->conn);
     }
     if (u->detail[0] == '\0')
-        set_detail(u, "upstream %s has no address", u->cfg->name);
-    finish(u, UPSTREAM_CONNECT);
+        upstream_set_detail(u, "upstream %s has no address", u->cfg->name);
+    upstream_finish(u, UPSTREAM_CONNECT);
 }
 
 /* ---- public API ---- */
@@ -1238,7 +818,7 @@ void upstream_close(struct upstream *u)
     ev_io_stop(u->loop, &u->io);
     ev_timer_stop(u->loop, &u->timer);
     conn_close(&u->conn);
-    forget_credentials(u);
+    upstream_forget_credentials(u);
     u->closed = true;
     u->stage = ST_CLOSED;
 }
@@ -1265,33 +845,6 @@ void upstream_free_cb(void *p)
     upstream_free(&u);
 }
 
-static char *dup_bytes(const char *p, size_t len)
-{
-    char *d = malloc(len + 1);
-    if (d != NULL) {
-        memcpy(d, p, len);
-        d[len] = '\0';
-    }
-    return d;
-}
-
-void upstream_login(struct upstream *u, const char *user, size_t user_len, const char *pass,
-                    size_t pass_len)
-{
-    u->busy = true;
-    u->detail[0] = '\0';
-    u->user = dup_bytes(user, user_len);
-    u->pass = dup_bytes(pass, pass_len);
-    u->user_len = user_len;
-    u->pass_len = pass_len;
-    if (u->user == NULL || u->pass == NULL) {
-        fail(u, UPSTREAM_INTERNAL, "out of memory");
-        return;
-    }
-    u->addr_index = 0;
-    try_connect(u);
-}
-
 void upstream_set_client(struct upstream *u, const struct sockaddr *client)
 {
     if (client->sa_family == AF_INET) {
@@ -1303,12 +856,6 @@ void upstream_set_client(struct upstream *u, const struct sockaddr *client)
         inet_ntop(AF_INET6, &in6->sin6_addr, u->client_ip, sizeof(u->client_ip));
         u->client_port = ntohs(in6->sin6_port);
     }
-}
-
-void upstream_login_sasl(struct upstream *u, const char *mech, const char *msg, size_t len)
-{
-    u->sasl_mech = mech;
-    upstream_login(u, "", 0, msg, len);
 }
 
 struct maildrop *upstream_take_maildrop(struct upstream *u)
@@ -1328,12 +875,12 @@ static void run_command(struct upstream *u, enum stage stage, const char *name, 
     u->busy = true;
     u->detail[0] = '\0';
     u->stage = stage;
-    if (send_simple(u, name, args) < 0) {
-        finish(u, UPSTREAM_INTERNAL);
+    if (upstream_send_simple(u, name, args) < 0) {
+        upstream_finish(u, UPSTREAM_INTERNAL);
         return;
     }
     /* No parsing here: this may run inside process_input's own callback chain. */
-    update_io(u);
+    upstream_update_io(u);
 }
 
 void upstream_fetch(struct upstream *u, uint32_t uid, const char *item)
@@ -1356,7 +903,7 @@ static void start_next_delete(struct upstream *u)
 {
     while (u->del_pos >= u->del_n) {
         if (++u->step >= u->nsteps) {
-            finish(u, UPSTREAM_OK);
+            upstream_finish(u, UPSTREAM_OK);
             return;
         }
         u->del_pos = 0;
@@ -1366,17 +913,17 @@ static void start_next_delete(struct upstream *u)
     size_t len = imap_writer_uid_set(set, UPSTREAM_SET_MAX, u->del_uids + u->del_pos,
                                      u->del_n - u->del_pos, &used);
     if (len == 0 || used == 0) {
-        fail(u, UPSTREAM_INTERNAL, "cannot write a UID set");
+        upstream_fail(u, UPSTREAM_INTERNAL, "cannot write a UID set");
         return;
     }
     u->del_pos += used;
     const struct upstream_step *st = &u->steps[u->step];
     struct imap_cmd *c = malloc(sizeof(*c));
     if (c == NULL) {
-        fail(u, UPSTREAM_INTERNAL, "out of memory");
+        upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
         return;
     }
-    next_tag(u);
+    upstream_next_tag(u);
     imap_cmd_begin(c, u->tag, step_names[st->kind], u->literal_plus);
     imap_cmd_raw(c, set);
     if (st->kind == UPSTREAM_STEP_STORE) {
@@ -1387,10 +934,10 @@ static void start_next_delete(struct upstream *u)
         /* A mailbox name from the config: quoted or a literal, as its bytes need. */
         imap_cmd_string(c, st->arg, strlen(st->arg));
     }
-    int rc = send_cmd(u, c);
+    int rc = upstream_send_cmd(u, c);
     free(c);
     if (rc < 0)
-        finish(u, UPSTREAM_INTERNAL);
+        upstream_finish(u, UPSTREAM_INTERNAL);
 }
 
 static void free_steps(struct upstream *u)
@@ -1411,7 +958,7 @@ void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
     free_steps(u);
     u->del_uids = malloc((n ? n : 1) * sizeof(*uids));
     if (u->del_uids == NULL || nsteps == 0 || nsteps > UPSTREAM_STEPS_MAX) {
-        fail(u, UPSTREAM_INTERNAL, "cannot prepare the update");
+        upstream_fail(u, UPSTREAM_INTERNAL, "cannot prepare the update");
         return;
     }
     memcpy(u->del_uids, uids, n * sizeof(*uids));
@@ -1420,7 +967,7 @@ void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
         u->steps[i].arg = steps[i].arg != NULL ? strdup(steps[i].arg) : NULL;
         u->nsteps++;
         if (steps[i].arg != NULL && u->steps[i].arg == NULL) {
-            fail(u, UPSTREAM_INTERNAL, "out of memory");
+            upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
             return;
         }
     }
@@ -1429,7 +976,7 @@ void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
     u->step = 0;
     u->stage = ST_STORE;
     start_next_delete(u);
-    update_io(u);
+    upstream_update_io(u);
 }
 
 void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge)
@@ -1459,5 +1006,5 @@ void upstream_resume(struct upstream *u)
     if (u->busy)
         ev_timer_again(u->loop, &u->timer);
     process_input(u);
-    update_io(u);
+    upstream_update_io(u);
 }
