@@ -197,8 +197,6 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
     maildrop_free(&s->md);
     s->md = md;
     md = NULL;
-    char q[LOG_VALUE_MAX];
-    (void)q;
     session_log(s,
                 "event=uidls kept=%zu reassociated=%zu legacy=%zu generated=%zu suffixed=%zu "
                 "hidden=%u uidl_hash=%016llx",

@@ -767,6 +767,33 @@ class Popgate:
         return Pop3Raw("127.0.0.1", self.port, timeout=timeout)
 
 
+def child_pids(pid):
+    """Live (not zombie) child pids of pid, from /proc's parent links: a popgate
+    master's workers."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                rest = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(rest[1]) == pid and rest[0] not in (b"Z", b"X"):
+            out.append(int(name))
+    return sorted(out)
+
+
+def tree_pids(root):
+    """root and every live process below it."""
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo.extend(child_pids(pid))
+    return pids
+
+
 def read_rss_kb(pid):
     rss = hwm = None
     try:

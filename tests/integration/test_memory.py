@@ -102,7 +102,7 @@ class RssSampler(threading.Thread):
         # popgate is a master and its workers: what counts is all of them together.
         total_rss = total_hwm = 0
         seen = False
-        for pid in tree_pids(self.pid):
+        for pid in harness.tree_pids(self.pid):
             rss, hwm = harness.read_rss_kb(pid)
             if rss is not None:
                 seen = True
@@ -113,28 +113,6 @@ class RssSampler(threading.Thread):
             self.samples += 1
             self.max_rss = max(self.max_rss, total_rss)
             self.max_hwm = max(self.max_hwm, total_hwm)
-
-
-def tree_pids(root):
-    """root and every process below it, from /proc's parent links."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: split after the last ")"
-        fields = stat[stat.rfind(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo.extend(children.get(pid, []))
-    return pids
 
 
 class MemoryTests(unittest.TestCase):

@@ -228,26 +228,10 @@ def wait_dovecot_log(dovecot, needle, mark=0, timeout=5.0):
         time.sleep(0.05)
 
 
-def children(pid):
-    """Live (not zombie) child pids of pid, from /proc/*/stat."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                rest = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(rest[1]) == pid and rest[0] not in (b"Z", b"X"):
-            out.append(int(name))
-    return sorted(out)
-
-
 def wait_children(pid, n, timeout=10.0, exclude=()):
     deadline = time.monotonic() + timeout
     while True:
-        kids = [k for k in children(pid) if k not in exclude]
+        kids = [k for k in harness.child_pids(pid) if k not in exclude]
         if len(kids) == n or time.monotonic() > deadline:
             return kids
         time.sleep(0.05)
@@ -596,7 +580,7 @@ class ReloadTests(OperatorCase):
             # forked a moment ago may die of SIGTERM before it serves anything)
             deadline = time.monotonic() + 10
             while True:
-                alive = [p for p in old if p in children(pg.pid)]
+                alive = [p for p in old if p in harness.child_pids(pg.pid)]
                 stopping = log_events(pg, "worker_stopping", mark)
                 if len(stopping) >= len(alive) or time.monotonic() > deadline:
                     break
@@ -633,7 +617,7 @@ class ReloadTests(OperatorCase):
         self.assertLess(len(got), len(expected) // 2, "the RETR went too fast to test")
 
         mark, old_workers = self.reload(self.config_for(pg, move_to="b"))
-        self.assertTrue(set(old_workers) & set(children(pg.pid)),
+        self.assertTrue(set(old_workers) & set(harness.child_pids(pg.pid)),
                         "the old worker with the running RETR is gone")
         self.assertEqual(self.served_by(pg, "new@move.test"), "B",
                          "a new session after the reload moving move.test to b")
@@ -668,7 +652,7 @@ class ReloadTests(OperatorCase):
         failed0 = before.get("popgate_config_reloads_total", result="failed")
         ok0 = before.get("popgate_config_reloads_total", result="ok")
         self.assertIsNotNone(failed0, "no popgate_config_reloads_total{result=\"failed\"}")
-        workers0 = children(pg.pid)
+        workers0 = harness.child_pids(pg.pid)
         broken = json.dumps(self.config_for(pg, move_to="b"), indent=2)
         broken = broken.replace('"workers": 1,', '"workers": 1')  # a JSON syntax error
         mark, _ = self.reload(broken, expect_ok=False)
@@ -676,7 +660,7 @@ class ReloadTests(OperatorCase):
         self.assertTrue(errors, "no event=config_error line for the broken file")
         self.assertTrue(any(re.search(r":\d+:\d+: error", e.get("detail", "")) for e in errors),
                         "config_error lines name no line:column: %r" % errors)
-        self.assertEqual(children(pg.pid), workers0, "workers changed on a refused reload")
+        self.assertEqual(harness.child_pids(pg.pid), workers0, "workers changed on a refused reload")
         self.assertEqual(self.served_by(pg, "new@move.test"), "A",
                          "after a refused reload the old config (move.test on a) serves")
         after = self.metrics()
@@ -714,7 +698,7 @@ class ReloadTests(OperatorCase):
         self.assertFalse(harness.port_accepts(port2),
                          "listener 127.0.0.1:%d removed on reload still accepts after its "
                          "old worker's sessions ended (children now %s, old %s)"
-                         % (port2, children(pg.pid), old_workers))
+                         % (port2, harness.child_pids(pg.pid), old_workers))
 
 
 # ---------------------------------------------------------------------------
@@ -852,7 +836,7 @@ class WorkerTests(OperatorCase):
         deadline = time.monotonic() + 10
         while (len(new) != self.WORKERS or kids[0] in new) and time.monotonic() < deadline:
             time.sleep(0.05)
-            new = children(pg.pid)
+            new = harness.child_pids(pg.pid)
         self.assertNotIn(kids[0], new, "the killed worker is still there")
         self.assertEqual(len(new), self.WORKERS,
                          "workers after killing %d: %s (before %s)" % (kids[0], new, kids))

@@ -16,22 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 
-def worker_pids(master):
-    """The worker processes of a popgate master, from /proc's parent links."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                data = f.read()
-        except OSError:
-            continue
-        if int(data[data.rfind(")") + 2:].split()[1]) == master:
-            pids.append(int(entry))
-    return pids
-
-
 class StateTests(unittest.TestCase):
 
     @classmethod
@@ -115,7 +99,7 @@ class StateTests(unittest.TestCase):
     def test_lock_released_when_worker_dies(self):
         c = self.pop()
         self.assertTrue(c.login("crash", "crash-pw").startswith(b"+OK"))
-        holders = [p for p in worker_pids(self.popgate.pid)
+        holders = [p for p in harness.child_pids(self.popgate.pid)
                    if os.path.exists("/proc/%d/fd" % p)
                    and any(os.readlink("/proc/%d/fd/%s" % (p, fd)).endswith("crash.lock")
                            for fd in os.listdir("/proc/%d/fd" % p))]
