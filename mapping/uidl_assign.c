@@ -165,7 +165,8 @@ struct ctx {
     bool *replaced;    /* per doc->folders: UIDVALIDITY changed, entries replaced */
     bool *legacy_used; /* per doc->legacy: matched in this run */
 
-    struct strset taken;  /* UIDLs shown or recorded */
+    struct strset taken;  /* UIDLs shown or recorded; aux 1: an absent entry's, unclaimed */
+    bool uses_guid;       /* the template has %g */
     struct strset suffix; /* base -> next suffix number; keys malloc'd */
     struct uidl_assign_stats stats;
 };
@@ -597,6 +598,22 @@ out:
 
 /* ---- uniqueness ---- */
 
+/*
+ * A UIDL made from the server's stable id names that message whatever its UID:
+ * when an absent entry (a UIDVALIDITY change replaced its UID) had exactly this
+ * UIDL, it is the same message, and it keeps it. Messages without a Message-ID
+ * are kept this way too. True when base was claimed into out.
+ */
+static bool reclaim_by_guid(struct ctx *c, const char *base, char *out)
+{
+    size_t slot = strset_slot(&c->taken, base, str_hash(base));
+    if (c->taken.keys[slot] == NULL || c->taken.aux[slot] != 1)
+        return false;
+    c->taken.aux[slot] = 0;
+    memmove(out, base, strlen(base) + 1);
+    return true;
+}
+
 /* Writes base, or base cut and "-N" when base is taken, into out and takes it. */
 static int take(struct ctx *c, const char *base, char *out, const char **error_r)
 {
@@ -699,10 +716,13 @@ static int assign_all(struct ctx *c, const char **error_r)
         memcpy(c->uidls[it->out], it->base, strlen(it->base) + 1);
         strset_add(&c->taken, c->uidls[it->out]);
     }
-    /* UIDLs of messages gone from the server are not given out again. */
+    /* UIDLs of messages gone from the server are not given out again (but see
+     * reclaim_by_guid). */
     for (size_t k = 0; k < doc->nmsgs; k++) {
-        if (!c->present[k] && doc->msgs[k].uidl[0] != '\0')
-            strset_add(&c->taken, doc->msgs[k].uidl);
+        if (!c->present[k] && doc->msgs[k].uidl[0] != '\0') {
+            size_t slot = strset_add(&c->taken, doc->msgs[k].uidl);
+            c->taken.aux[slot] = 1;
+        }
     }
     for (size_t i = 0; i < c->nitems; i++) {
         struct item *it = &c->items[i];
@@ -734,6 +754,11 @@ static int assign_all(struct ctx *c, const char **error_r)
         it->src = SRC_TEMPLATE;
         if (uidl_template_format(c->tmpl, it->msg->uid, uv, it->msg->guid, buf) == 0)
             uidl_default(buf, it->msg->uid, uv);
+        else if (c->uses_guid && it->msg->guid != NULL &&
+                 reclaim_by_guid(c, buf, c->uidls[it->out])) {
+            it->src = SRC_REASSOCIATED;
+            continue;
+        }
         if (take(c, buf, c->uidls[it->out], error_r) < 0)
             return -1;
     }
@@ -837,7 +862,8 @@ int uidl_assign(struct state_doc *doc, const struct uidl_assign_folder *folders,
     size_t absent = 0;
     for (size_t k = 0; k < doc->nmsgs; k++)
         absent += !c.present[k];
-    if (strset_init(&c.taken, c.nitems + absent, false) < 0) {
+    c.uses_guid = uidl_template_uses_guid(c.tmpl);
+    if (strset_init(&c.taken, c.nitems + absent, true) < 0) {
         *error_r = "out of memory";
         goto fail;
     }

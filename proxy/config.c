@@ -58,6 +58,8 @@
 #define CONFIG_EXPIRE_DAYS_MAX 36500
 /* A move target within what IMAP servers accept as a mailbox name and one command line. */
 #define CONFIG_FOLDER_MAX 255
+/* Folders merged into one maildrop: each costs a SELECT and a size fetch per login. */
+#define CONFIG_FOLDERS_MAX 16
 
 static const char ADDRESS_FORMS[] = "expected \"IPv4:port\" or \"[IPv6]:port\"";
 static const char CERTS_FORM[] = "expected [{\"cert\": FILE, \"key\": FILE}, ...]";
@@ -1162,6 +1164,9 @@ static void mapping_clear(struct config_mapping *m)
     free(m->uidl_format);
     free(m->on_delete_arg);
     free(m->expire);
+    for (size_t i = 0; i < m->nfolders; i++)
+        free(m->folders[i]);
+    free(m->folders);
     memset(m, 0, sizeof(*m));
 }
 
@@ -1182,6 +1187,16 @@ static bool mapping_dup(struct config_mapping *dst, const struct config_mapping 
     bool ok = dup_opt(src->uidl_format, &dst->uidl_format);
     ok = dup_opt(src->on_delete_arg, &dst->on_delete_arg) && ok;
     ok = dup_opt(src->expire, &dst->expire) && ok;
+    dst->folders = NULL;
+    dst->nfolders = 0;
+    if (src->nfolders > 0) {
+        dst->folders = calloc(src->nfolders, sizeof(*dst->folders));
+        if (dst->folders == NULL)
+            return false;
+        dst->nfolders = src->nfolders;
+        for (size_t i = 0; i < src->nfolders; i++)
+            ok = dup_opt(src->folders[i], &dst->folders[i]) && ok;
+    }
     return ok;
 }
 
@@ -1332,6 +1347,92 @@ static void load_expire(struct loader *ld, json_t *obj, struct config_mapping *m
     path_pop(ld, mark);
 }
 
+/* A folder name as IMAP carries it: what is wrong with it, or NULL. */
+static const char *folder_name_problem(const char *name, size_t len)
+{
+    if (len == 0)
+        return "is empty";
+    if (len > CONFIG_FOLDER_MAX)
+        return "is longer than 255 bytes";
+    if (strlen(name) != len || strpbrk(name, "\r\n") != NULL)
+        return "contains CR, LF or NUL";
+    return NULL;
+}
+
+/* IMAP folder names are case-sensitive, except INBOX (RFC 3501 5.1). */
+static bool same_folder(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0 || (equal_nocase(a, "INBOX") && equal_nocase(b, "INBOX"));
+}
+
+/* "folders": 1 to CONFIG_FOLDERS_MAX distinct names, in the order POP3 numbers them. */
+static void load_folders(struct loader *ld, json_t *v, struct config_mapping *m)
+{
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > CONFIG_FOLDERS_MAX) {
+        err(ld, "expected a list of 1 to %d folder names, as in [\"INBOX\", \"Spam\"], got %s",
+            CONFIG_FOLDERS_MAX, found(ld, v));
+        return;
+    }
+    size_t n = json_array_size(v);
+    char **names = calloc(n, sizeof(*names));
+    if (names == NULL) {
+        err_oom(ld);
+        return;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(v, i);
+        size_t imark = path_push_index(ld, i);
+        const char *problem = NULL;
+        if (!json_is_string(e)) {
+            err(ld, "expected a folder name (a string), got %s", found(ld, e));
+            ok = false;
+        } else if ((problem = folder_name_problem(json_string_value(e), json_string_length(e))) !=
+                   NULL) {
+            err(ld, "the folder name %s", problem);
+            ok = false;
+        } else {
+            for (size_t j = 0; j < i; j++) {
+                if (names[j] != NULL && same_folder(names[j], json_string_value(e))) {
+                    err(ld, "%s is already folders[%zu]", quote(ld, json_string_value(e)), j);
+                    ok = false;
+                    break;
+                }
+            }
+            names[i] = dup_or_oom(ld, json_string_value(e));
+            ok = ok && names[i] != NULL;
+        }
+        path_pop(ld, imark);
+    }
+    if (!ok) {
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+        return;
+    }
+    for (size_t i = 0; i < m->nfolders; i++)
+        free(m->folders[i]);
+    free(m->folders);
+    m->folders = names;
+    m->nfolders = n;
+}
+
+/* What on_delete moves must leave the maildrop, or it comes back as new mail. */
+static void check_move_target(struct loader *ld, const struct config_mapping *m)
+{
+    if (m->on_delete != CONFIG_DELETE_MOVE || m->on_delete_arg == NULL)
+        return;
+    for (size_t i = 0; i < m->nfolders; i++) {
+        if (same_folder(m->folders[i], m->on_delete_arg)) {
+            err(ld,
+                "on_delete \"move:%s\" moves deleted messages into folders[%zu], where POP3 "
+                "shows them again (move them to a folder outside \"folders\")",
+                m->on_delete_arg, i);
+            return;
+        }
+    }
+}
+
 /*
  * Reads a "mapping" object (obj may be NULL: absent) over m, so a route's keys land on
  * its copy of the top-level settings and the keys it leaves out keep their values.
@@ -1370,19 +1471,12 @@ static void load_mapping(struct loader *ld, json_t *obj, struct config_mapping *
         m->login_delay = (uint32_t)delay;
     if (json_object_get(obj, "expire") != NULL)
         load_expire(ld, obj, m);
-    /* Several folders merged into one maildrop are not built yet; saying so beats
-     * quietly serving INBOX alone. */
     if ((v = json_object_get(obj, "folders")) != NULL) {
-        json_t *first = json_array_get(v, 0);
-        bool inbox = json_is_array(v) && json_array_size(v) == 1 && json_is_string(first) &&
-                     json_string_length(first) == 5 &&
-                     strcmp(json_string_value(first), "INBOX") == 0;
-        if (!inbox) {
-            size_t kmark = path_push_key(ld, "folders");
-            err(ld, "only [\"INBOX\"] is supported in this version");
-            path_pop(ld, kmark);
-        }
+        size_t kmark = path_push_key(ld, "folders");
+        load_folders(ld, v, m);
+        path_pop(ld, kmark);
     }
+    check_move_target(ld, m);
 out:
     path_pop(ld, mark);
 }

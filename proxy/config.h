@@ -113,6 +113,9 @@ struct config_mapping {
                                     * (RFC 2449 LOGIN-DELAY) and enforced; 0 = none (default) */
     char *expire;                  /* "expire": CAPA EXPIRE value: "NEVER" or days as digits;
                                     * NULL = not advertised */
+    char **folders;  /* "folders": IMAP folders merged into one maildrop, in POP3 order;
+                      * distinct, none the target of on_delete move:. NULL = ["INBOX"] */
+    size_t nfolders; /* 0 with folders NULL */
 };
 
 struct config_route {

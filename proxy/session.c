@@ -108,7 +108,7 @@ static void session_free_cb(void *p)
     free(s->uidl_offsets);
     free(s->fixes);
     session_state_free_headers(s);
-    free(s->retr_uids);
+    free(s->retr_msgs);
     free(s->hides);
     if (s->user != NULL) {
         explicit_bzero(s->user, s->user_len);

@@ -10,6 +10,7 @@
 #include "reaper.h"
 #include "route.h"
 #include "session_int.h"
+#include "uidl.h"
 
 static void clear_user(struct session *s)
 {
@@ -91,6 +92,9 @@ static struct upstream *open_upstream(struct session *s)
         session_reply(s, false, "SYS/TEMP", "Temporary failure, try again later");
         return NULL;
     }
+    upstream_set_folders(s->up, (const char *const *)s->mapping->folders, s->mapping->nfolders);
+    upstream_want_guid(s->up, s->mapping->uidl_format != NULL &&
+                                  uidl_template_uses_guid(s->mapping->uidl_format));
     if (r.upstream->send_client_ip)
         upstream_set_client(s->up, (const struct sockaddr *)&s->client_addr);
     if (r.source != ROUTE_DEFAULT || s->login_len != s->user_len ||
@@ -361,8 +365,9 @@ void session_login_ready(struct session *s)
     uint32_t count;
     uint64_t octets;
     maildrop_stat(s->md, &count, &octets);
-    session_log(s, "event=login messages=%u octets=%llu uidvalidity=%u", count,
-                (unsigned long long)octets, maildrop_uidvalidity(s->md));
+    session_log(s, "event=login messages=%u octets=%llu uidvalidity=%u folders=%zu", count,
+                (unsigned long long)octets, maildrop_folder_uidvalidity(s->md, 0),
+                maildrop_folder_count(s->md));
     metrics_login(METRICS_LOGIN_OK, ev_now(s->loop) - s->login_started);
     session_replyf(s, true, NULL, "Logged in, %u messages (%llu octets)", count,
                    (unsigned long long)octets);
@@ -380,12 +385,29 @@ void session_login_refused(struct session *s, const char *code, const char *text
     session_job_done(s);
 }
 
+/* A configured folder the server would not SELECT (it does not exist for this user)
+ * is left out of the maildrop; the operator should hear of it. */
+static void log_missing_folders(struct session *s)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->mapping->nfolders; i++) {
+        const char *want = s->mapping->folders[i];
+        if (k < maildrop_folder_count(s->md) && strcmp(maildrop_folder_name(s->md, k), want) == 0) {
+            k++;
+            continue;
+        }
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=folder_missing folder=%s", log_str(q, sizeof(q), want));
+    }
+}
+
 /* Returns true when the login is over (answered), false while the state loads. */
 static bool login_done(struct session *s, enum upstream_status st, const char *detail)
 {
     double took = ev_now(s->loop) - s->login_started;
     if (st == UPSTREAM_OK) {
         s->md = upstream_take_maildrop(s->up);
+        log_missing_folders(s);
         if (session_state_login(s) < 0)
             session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
         return false; /* the state job, or the refusal, ends the login */

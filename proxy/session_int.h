@@ -108,6 +108,7 @@ struct session {
 
     /* RETR / TOP. */
     uint32_t xfer_n, xfer_uid;
+    uint16_t xfer_folder;
     bool xfer_started;
     struct pop3_dotstuff ds;
     uint64_t top_lines, top_offset, top_chunk, top_got;
@@ -123,14 +124,17 @@ struct session {
     char *uidl_arena;                     /* UIDLs of the snapshot, NUL-separated */
     uint32_t *uidl_offsets;               /* by message number - 1 */
     const struct config_mapping *mapping; /* the route's settings, once routed */
-    uint32_t *retr_uids;                  /* RETR'd messages, for on_retr "seen" */
-    size_t nretr_uids;
-    uint32_t *hides; /* messages the state must hide from now on (on_delete flag/hide) */
+    uint32_t *retr_msgs;                  /* numbers of RETR'd messages, for on_retr "seen" */
+    size_t nretr_msgs;
+    uint32_t *hides; /* numbers of messages the state must hide from now on (on_delete
+                      * flag/hide) */
     size_t nhides;
     struct session_size_fix *fixes; /* sizes that differed from RFC822.SIZE */
     size_t nfixes;
+    size_t header_folder; /* the maildrop folder whose Message-IDs are being fetched */
 
-    /* QUIT. */
+    /* QUIT: the folder being updated, one after the other. */
+    size_t quit_folder;
     bool quit_partial;    /* no UIDPLUS: \Deleted set but not expunged */
     bool hide_on_success; /* the update keeps the messages upstream: hide them in the state */
 
@@ -142,7 +146,7 @@ struct session {
 };
 
 struct session_size_fix {
-    uint32_t uid;
+    uint32_t n; /* message number */
     uint64_t size;
 };
 struct state_store;
@@ -214,8 +218,9 @@ void session_state_init(struct state_store *st);
 int session_state_login(struct session *s);
 /* The UIDL of message n (1-based) of the snapshot. */
 const char *session_state_uidl(const struct session *s, uint32_t n);
-void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size);
-void session_state_hide(struct session *s, uint32_t uid);
+/* Message n's real size / message n hidden from later sessions, recorded at the end. */
+void session_state_size_fix(struct session *s, uint32_t n, uint64_t size);
+void session_state_hide(struct session *s, uint32_t n);
 /* Frees the per-message header data gathered at login. */
 void session_state_free_headers(struct session *s);
 void session_state_header(struct session *s, uint32_t uid, const char *p, size_t n);

@@ -18,9 +18,11 @@ static void start_fetch(struct session *s, enum session_job job, uint32_t n)
     s->job = job;
     s->xfer_n = n;
     s->xfer_uid = msg->uid;
+    s->xfer_folder = msg->folder;
     s->xfer_started = false;
     pop3_dotstuff_init(&s->ds);
-    upstream_fetch(s->up, msg->uid, job == JOB_RETR ? "BODY.PEEK[]" : "BODY.PEEK[HEADER]");
+    upstream_fetch(s->up, msg->folder, msg->uid,
+                   job == JOB_RETR ? "BODY.PEEK[]" : "BODY.PEEK[HEADER]");
 }
 
 void session_cmd_retr(struct session *s, const struct pop3_command *cmd)
@@ -95,11 +97,11 @@ static void finish_message(struct session *s)
         /* Servers that estimate RFC822.SIZE: later sessions list what was really sent. */
         const struct maildrop_msg *msg = NULL;
         if (maildrop_get(s->md, s->xfer_n, &msg) == MAILDROP_OK && msg->size != s->ds.in_total)
-            session_state_size_fix(s, s->xfer_uid, s->ds.in_total);
-        uint32_t *r = realloc(s->retr_uids, (s->nretr_uids + 1) * sizeof(*r));
+            session_state_size_fix(s, s->xfer_n, s->ds.in_total);
+        uint32_t *r = realloc(s->retr_msgs, (s->nretr_msgs + 1) * sizeof(*r));
         if (r != NULL) { /* without it only \Seen is not set */
-            s->retr_uids = r;
-            s->retr_uids[s->nretr_uids++] = s->xfer_uid;
+            s->retr_msgs = r;
+            s->retr_msgs[s->nretr_msgs++] = s->xfer_n;
         }
     }
     session_job_done(s);
@@ -111,7 +113,7 @@ static void next_top_chunk(struct session *s)
     snprintf(item, sizeof(item), "BODY.PEEK[TEXT]<%llu.%llu>", (unsigned long long)s->top_offset,
              (unsigned long long)s->top_chunk);
     s->top_got = 0;
-    upstream_fetch(s->up, s->xfer_uid, item);
+    upstream_fetch(s->up, s->xfer_folder, s->xfer_uid, item);
 }
 
 void session_retr_done(struct session *s, enum upstream_status st, const char *detail)

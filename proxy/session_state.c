@@ -40,11 +40,20 @@ struct state_job {
     int rc;
     char warn[STATE_ERR_MAX];
     char err[STATE_ERR_MAX];
-    /* For the final update: sizes measured while streaming. */
-    struct session_size_fix *fixes;
+    /* For the final update: sizes measured while streaming, and messages to hide, by
+     * index into folders (the maildrop's folder names, copied). */
+    struct job_msg *fixes;
     size_t nfixes;
-    uint32_t *hides;
+    struct job_msg *hides;
     size_t nhides;
+    char **folders;
+    size_t nfolders;
+};
+
+struct job_msg {
+    uint16_t folder;
+    uint32_t uid;
+    uint64_t size;
 };
 
 static void job_free(struct state_job *j)
@@ -55,6 +64,9 @@ static void job_free(struct state_job *j)
     free(j->key);
     free(j->fixes);
     free(j->hides);
+    for (size_t i = 0; i < j->nfolders; i++)
+        free(j->folders[i]);
+    free(j->folders);
     free(j);
 }
 
@@ -112,21 +124,34 @@ static void save_done(void *arg)
     job_free(j);
 }
 
+/* The state's index of every maildrop folder, added to doc where new; -1 when out of memory. */
+static int state_folders(struct session *s, struct state_doc *doc, uint16_t *idx)
+{
+    for (size_t f = 0; f < maildrop_folder_count(s->md); f++) {
+        int k = state_doc_folder(doc, maildrop_folder_name(s->md, f));
+        if (k < 0)
+            return -1;
+        idx[f] = (uint16_t)k;
+    }
+    return 0;
+}
+
 /* Gives each message its UIDL and leaves out the hidden ones: the session's snapshot. */
 static int apply_state(struct session *s, struct state_doc *doc, const char **error_r)
 {
     const uint32_t n = maildrop_count(s->md);
+    const size_t nf = maildrop_folder_count(s->md);
     struct uidl_assign_msg *msgs = calloc(n ? n : 1, sizeof(*msgs));
     char(*uidls)[UIDL_MAX + 1] = calloc(n ? n : 1, sizeof(*uidls));
     bool *hidden = calloc(n ? n : 1, sizeof(*hidden));
     uint32_t *uids = calloc(n ? n : 1, sizeof(*uids));
-    struct maildrop *md = maildrop_new(maildrop_uidvalidity(s->md));
+    struct uidl_assign_folder *af = calloc(nf ? nf : 1, sizeof(*af));
+    uint16_t *sf = calloc(nf ? nf : 1, sizeof(*sf));
+    struct maildrop *md = maildrop_new();
     int rc = -1;
     *error_r = "out of memory";
-    if (msgs == NULL || uidls == NULL || hidden == NULL || uids == NULL || md == NULL)
-        goto out;
-    int folder = state_doc_folder(doc, "INBOX");
-    if (folder < 0)
+    if (msgs == NULL || uidls == NULL || hidden == NULL || uids == NULL || af == NULL ||
+        sf == NULL || md == NULL || state_folders(s, doc, sf) < 0)
         goto out;
     for (uint32_t i = 0; i < n; i++) {
         const struct maildrop_msg *m = NULL;
@@ -135,26 +160,34 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
         msgs[i].size = m->size;
         msgs[i].msgid_hash = s->msgid_hashes != NULL ? s->msgid_hashes[i] : 0;
         msgs[i].x_uidl = s->xuidls != NULL ? s->xuidls[i] : NULL;
+        msgs[i].guid = maildrop_guid(s->md, i + 1);
         uids[i] = m->uid;
     }
-    const struct uidl_assign_folder f = {
-        .folder = (uint16_t)folder,
-        .uidvalidity = maildrop_uidvalidity(s->md),
-        .msgs = msgs,
-        .nmsgs = n,
-    };
+    for (size_t f = 0; f < nf; f++) {
+        uint32_t first = 0;
+        uint32_t count = maildrop_folder_range(s->md, f, &first);
+        af[f] = (struct uidl_assign_folder){
+            .folder = sf[f],
+            .uidvalidity = maildrop_folder_uidvalidity(s->md, f),
+            .msgs = msgs + first - 1,
+            .nmsgs = count,
+        };
+    }
     const struct uidl_assign_config cfg = {.tmpl = s->mapping->uidl_format,
                                            .reuse_xuidl = s->mapping->reuse_xuidl};
     struct uidl_assign_stats stats;
-    if (uidl_assign(doc, &f, 1, &cfg, uidls, hidden, &stats, error_r) < 0)
+    if (uidl_assign(doc, af, nf, &cfg, uidls, hidden, &stats, error_r) < 0)
         goto out;
     /* Messages gone from the server leave the state. */
-    state_doc_prune(doc, (uint16_t)folder, uids, n);
+    for (size_t f = 0; f < nf; f++)
+        state_doc_prune(doc, sf[f], uids + (af[f].msgs - msgs), af[f].nmsgs);
     /* window "since_first_login": what the mailbox held at the first POP3 login stays for
      * IMAP only ("POP for mail from now on"). */
     if (s->mapping->window_since_first_login && doc->first_login == 0) {
         for (uint32_t i = 0; i < n; i++) {
-            struct state_msg *sm = state_doc_find(doc, (uint16_t)folder, msgs[i].uid);
+            const struct maildrop_msg *m = NULL;
+            (void)maildrop_get(s->md, i + 1, &m);
+            struct state_msg *sm = state_doc_find(doc, sf[m->folder], msgs[i].uid);
             if (sm != NULL)
                 sm->hidden = true;
             hidden[i] = true;
@@ -163,14 +196,20 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
 
     /* The new snapshot: visible messages, with the sizes clients actually received. */
     size_t arena_len = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        if (hidden[i])
-            continue;
-        const struct state_msg *sm = state_doc_find(doc, (uint16_t)folder, msgs[i].uid);
-        uint64_t size = sm != NULL && sm->real_size != 0 ? sm->real_size : msgs[i].size;
-        if (maildrop_add(md, msgs[i].uid, size) < 0)
+    for (size_t f = 0; f < nf; f++) {
+        if (maildrop_add_folder(md, maildrop_folder_name(s->md, f),
+                                maildrop_folder_uidvalidity(s->md, f)) < 0)
             goto out;
-        arena_len += strlen(uidls[i]) + 1;
+        size_t base = (size_t)(af[f].msgs - msgs);
+        for (size_t i = base; i < base + af[f].nmsgs; i++) {
+            if (hidden[i])
+                continue;
+            const struct state_msg *sm = state_doc_find(doc, sf[f], msgs[i].uid);
+            uint64_t size = sm != NULL && sm->real_size != 0 ? sm->real_size : msgs[i].size;
+            if (maildrop_add(md, msgs[i].uid, size) < 0)
+                goto out;
+            arena_len += strlen(uidls[i]) + 1;
+        }
     }
     maildrop_seal(md);
     /* UIDLs by message number, in one block: a big mailbox costs ~20 bytes a message. */
@@ -210,6 +249,8 @@ out:
     free(uidls);
     free(hidden);
     free(uids);
+    free(af);
+    free(sf);
     return rc;
 }
 
@@ -252,25 +293,26 @@ static int find_folder(const struct state_doc *doc, const char *name)
 /*
  * Every message's Message-ID hash is recorded the first time popgate sees it, so
  * that after a UIDVALIDITY change (a rebuilt or restored mailbox) the old UIDLs can
- * be found again. Fills s->msgid_hashes from the state and writes the UIDs still
- * unknown into an IMAP set in out; returns how many there are (all of them after a
- * UIDVALIDITY change: the old UIDs mean nothing then).
+ * be found again. Fills s->msgid_hashes of maildrop folder f from the state and
+ * writes the UIDs still unknown into an IMAP set in out; returns how many there are
+ * (all of them after a UIDVALIDITY change: the old UIDs mean nothing then).
  */
-static uint32_t unknown_msgids(struct session *s, const struct state_doc *doc, char *out,
+static uint32_t unknown_msgids(struct session *s, const struct state_doc *doc, size_t f, char *out,
                                size_t cap)
 {
-    const uint32_t n = maildrop_count(s->md);
-    int f = find_folder(doc, "INBOX");
-    bool same = f >= 0 && doc->folders[f].uidvalidity == maildrop_uidvalidity(s->md);
-    uint32_t *missing = malloc(n * sizeof(*missing));
+    uint32_t first = 0;
+    const uint32_t n = maildrop_folder_range(s->md, f, &first);
+    int sf = find_folder(doc, maildrop_folder_name(s->md, f));
+    bool same = sf >= 0 && doc->folders[sf].uidvalidity == maildrop_folder_uidvalidity(s->md, f);
+    uint32_t *missing = malloc((n ? n : 1) * sizeof(*missing));
     uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
+    for (uint32_t i = first; i < first + n; i++) {
         const struct maildrop_msg *m = NULL;
-        (void)maildrop_get(s->md, i + 1, &m);
+        (void)maildrop_get(s->md, i, &m);
         const struct state_msg *sm =
-            same ? state_doc_find((struct state_doc *)doc, (uint16_t)f, m->uid) : NULL;
+            same ? state_doc_find((struct state_doc *)doc, (uint16_t)sf, m->uid) : NULL;
         if (sm != NULL && sm->msgid_hash != 0)
-            s->msgid_hashes[i] = sm->msgid_hash;
+            s->msgid_hashes[i - 1] = sm->msgid_hash;
         else if (missing != NULL)
             missing[k++] = m->uid;
         else
@@ -281,7 +323,30 @@ static uint32_t unknown_msgids(struct session *s, const struct state_doc *doc, c
         used < k)
         snprintf(out, cap, "1:*"); /* scattered: ask for all, the known ones are harmless */
     free(missing);
+    if (k > 0 && sf >= 0 && !same && doc->folders[sf].uidvalidity != 0) {
+        char q[LOG_VALUE_MAX];
+        session_log(s, "event=state_reassociate folder=%s old_uidvalidity=%u uidvalidity=%u",
+                    log_str(q, sizeof(q), maildrop_folder_name(s->md, f)),
+                    doc->folders[sf].uidvalidity, maildrop_folder_uidvalidity(s->md, f));
+    }
     return k;
+}
+
+/* Asks for the Message-IDs (and X-UIDLs) still unknown in the next folder from
+ * s->header_folder on; false when no folder has any. */
+static bool next_header_fetch(struct session *s, const struct state_doc *doc)
+{
+    if (s->msgid_hashes == NULL)
+        return false;
+    char set[SESSION_STATE_SET_MAX];
+    for (; s->header_folder < maildrop_folder_count(s->md); s->header_folder++) {
+        if (unknown_msgids(s, doc, s->header_folder, set, sizeof(set)) == 0)
+            continue;
+        upstream_fetch_headers(s->up, s->header_folder, set,
+                               s->xuidls != NULL ? "MESSAGE-ID X-UIDL" : "MESSAGE-ID");
+        return true;
+    }
+    return false;
 }
 
 static void login_state_done(void *arg)
@@ -331,26 +396,16 @@ static void login_state_done(void *arg)
     }
     uint32_t n = maildrop_count(s->md);
     s->msgid_hashes = n > 0 ? calloc(n, sizeof(*s->msgid_hashes)) : NULL;
-    if (s->msgid_hashes != NULL) {
-        char set[SESSION_STATE_SET_MAX];
-        uint32_t unknown = unknown_msgids(s, j->doc, set, sizeof(set));
-        if (unknown > 0) {
-            int f = find_folder(j->doc, "INBOX");
-            if (f >= 0 && j->doc->folders[f].uidvalidity != 0 &&
-                j->doc->folders[f].uidvalidity != maildrop_uidvalidity(s->md))
-                session_log(s, "event=state_reassociate old_uidvalidity=%u uidvalidity=%u",
-                            j->doc->folders[f].uidvalidity, maildrop_uidvalidity(s->md));
-            s->state_job = j; /* held by the session while the headers arrive */
-            s->state_job_owned = true;
-            s->fetching_headers = true;
-            if (s->mapping->reuse_xuidl) {
-                s->xuidls = calloc(n, sizeof(*s->xuidls));
-                s->nxuidls = s->xuidls != NULL ? n : 0;
-            }
-            upstream_fetch_headers(s->up, set,
-                                   s->xuidls != NULL ? "MESSAGE-ID X-UIDL" : "MESSAGE-ID");
-            return;
-        }
+    if (s->msgid_hashes != NULL && s->mapping->reuse_xuidl) {
+        s->xuidls = calloc(n, sizeof(*s->xuidls));
+        s->nxuidls = s->xuidls != NULL ? n : 0;
+    }
+    s->header_folder = 0;
+    if (next_header_fetch(s, j->doc)) {
+        s->state_job = j; /* held by the session while the headers arrive */
+        s->state_job_owned = true;
+        s->fetching_headers = true;
+        return;
     }
     finish_login_state(s, j);
 }
@@ -359,9 +414,11 @@ void session_state_header(struct session *s, uint32_t uid, const char *p, size_t
 {
     if (s->msgid_hashes == NULL)
         return;
-    /* The snapshot is sorted by UID: find the message's index. */
-    uint32_t lo = 1, hi = maildrop_count(s->md);
-    while (lo <= hi) {
+    /* A folder's messages are sorted by UID: find the message's number. */
+    uint32_t first = 0;
+    uint32_t count = maildrop_folder_range(s->md, s->header_folder, &first);
+    uint32_t lo = first, hi = first + count - 1;
+    while (count > 0 && lo <= hi) {
         uint32_t mid = lo + (hi - lo) / 2;
         const struct maildrop_msg *m = NULL;
         (void)maildrop_get(s->md, mid, &m);
@@ -395,6 +452,11 @@ void session_state_headers_done(struct session *s, enum upstream_status st, cons
         session_state_free_headers(s);
         job_free(j);
         session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        return;
+    }
+    s->header_folder++;
+    if (next_header_fetch(s, j->doc)) {
+        s->fetching_headers = true;
         return;
     }
     finish_login_state(s, j);
@@ -433,22 +495,33 @@ static void update_work(void *arg)
                              sizeof(j->err));
     if (j->rc < 0)
         return;
-    int folder = state_doc_folder(j->doc, "INBOX");
-    if (folder < 0) {
+    int *sf = calloc(j->nfolders ? j->nfolders : 1, sizeof(*sf));
+    if (sf == NULL) {
         j->rc = -1;
         snprintf(j->err, sizeof(j->err), "out of memory");
         return;
     }
+    for (size_t f = 0; f < j->nfolders; f++) {
+        if ((sf[f] = state_doc_folder(j->doc, j->folders[f])) < 0) {
+            free(sf);
+            j->rc = -1;
+            snprintf(j->err, sizeof(j->err), "out of memory");
+            return;
+        }
+    }
     for (size_t i = 0; i < j->nfixes; i++) {
-        struct state_msg *m = state_doc_find(j->doc, (uint16_t)folder, j->fixes[i].uid);
+        const struct job_msg *x = &j->fixes[i];
+        struct state_msg *m = state_doc_find(j->doc, (uint16_t)sf[x->folder], x->uid);
         if (m != NULL)
-            m->real_size = j->fixes[i].size;
+            m->real_size = x->size;
     }
     for (size_t i = 0; i < j->nhides; i++) {
-        struct state_msg *m = state_doc_find(j->doc, (uint16_t)folder, j->hides[i]);
+        const struct job_msg *x = &j->hides[i];
+        struct state_msg *m = state_doc_find(j->doc, (uint16_t)sf[x->folder], x->uid);
         if (m != NULL)
             m->hidden = true;
     }
+    free(sf);
     j->rc = state_store_save(store, j->doc, j->err, sizeof(j->err));
 }
 
@@ -461,6 +534,42 @@ static void update_done(void *arg)
                  log_value(q, sizeof(q), j->key, j->key_len), j->err);
     }
     job_free(j); /* unlocks, after the save */
+}
+
+/* Copies message number n of the session's maildrop as (folder, uid) into x. */
+static void job_msg_set(struct job_msg *x, const struct session *s, uint32_t n, uint64_t size)
+{
+    const struct maildrop_msg *m = maildrop_at(s->md, n);
+    if (m == NULL)
+        return; /* uid 0 matches nothing */
+    x->folder = m->folder;
+    x->uid = m->uid;
+    x->size = size;
+}
+
+/* The session's size fixes and hides, by folder and UID, into the end job. */
+static int job_take_changes(struct state_job *j, struct session *s)
+{
+    if (s->md == NULL || (s->nfixes == 0 && s->nhides == 0))
+        return 0;
+    size_t nf = maildrop_folder_count(s->md);
+    j->folders = calloc(nf ? nf : 1, sizeof(*j->folders));
+    j->fixes = calloc(s->nfixes ? s->nfixes : 1, sizeof(*j->fixes));
+    j->hides = calloc(s->nhides ? s->nhides : 1, sizeof(*j->hides));
+    if (j->folders == NULL || j->fixes == NULL || j->hides == NULL)
+        return -1;
+    for (size_t f = 0; f < nf; f++) {
+        if ((j->folders[f] = strdup(maildrop_folder_name(s->md, f))) == NULL)
+            return -1;
+        j->nfolders++;
+    }
+    for (size_t i = 0; i < s->nfixes; i++)
+        job_msg_set(&j->fixes[j->nfixes++], s, s->fixes[i].n, s->fixes[i].size);
+    for (size_t i = 0; i < s->nhides; i++)
+        job_msg_set(&j->hides[j->nhides++], s, s->hides[i], 0);
+    s->nfixes = 0;
+    s->nhides = 0;
+    return 0;
 }
 
 void session_state_end(struct session *s)
@@ -486,37 +595,34 @@ void session_state_end(struct session *s)
     }
     j->lock = s->lock;
     s->lock = NULL;
-    j->fixes = s->fixes;
-    j->nfixes = s->nfixes;
-    s->fixes = NULL;
-    s->nfixes = 0;
-    j->hides = s->hides;
-    j->nhides = s->nhides;
-    s->hides = NULL;
-    s->nhides = 0;
+    if (job_take_changes(j, s) < 0) {
+        /* Out of memory: sizes and hides are lost (the messages show again, nothing more). */
+        j->nfixes = 0;
+        j->nhides = 0;
+    }
     j->session = NULL;
     if (store == NULL || state_worker_submit(update_work, update_done, j) < 0)
         job_free(j);
 }
 
-void session_state_size_fix(struct session *s, uint32_t uid, uint64_t size)
+void session_state_size_fix(struct session *s, uint32_t n, uint64_t size)
 {
     struct session_size_fix *f = realloc(s->fixes, (s->nfixes + 1) * sizeof(*f));
     if (f == NULL)
         return; /* only a size hint is lost */
     s->fixes = f;
-    s->fixes[s->nfixes].uid = uid;
+    s->fixes[s->nfixes].n = n;
     s->fixes[s->nfixes].size = size;
     s->nfixes++;
 }
 
-void session_state_hide(struct session *s, uint32_t uid)
+void session_state_hide(struct session *s, uint32_t n)
 {
     uint32_t *h = realloc(s->hides, (s->nhides + 1) * sizeof(*h));
     if (h == NULL)
         return; /* the message shows again next time: nothing is lost */
     s->hides = h;
-    s->hides[s->nhides++] = uid;
+    s->hides[s->nhides++] = n;
 }
 
 void session_state_free_headers(struct session *s)

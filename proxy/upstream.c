@@ -141,6 +141,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         [ST_POSTCAPS] = "capability",
         [ST_SELECT] = "select",
         [ST_SIZES] = "sizes",
+        [ST_RESELECT] = "select",
         [ST_FETCH] = "fetch",
         [ST_HEADERS] = "headers",
         [ST_STORE] = "update",
@@ -211,6 +212,70 @@ static const char *const step_names[] = {"UID STORE", "UID EXPUNGE", "UID COPY",
 static void start_next_delete(struct upstream *u);
 static void free_steps(struct upstream *u);
 
+/* The SELECT of a login folder ended: fetch its sizes, or go on to the next folder. */
+static void login_selected(struct upstream *u, bool ok)
+{
+    const struct resp *r = &u->r;
+    const char *name = u->folder_names[u->login_folder];
+    if (!ok) {
+        u->selected = -1; /* a failed SELECT leaves nothing selected (RFC 3501 6.3.1) */
+        if (u->login_folder == 0) {
+            upstream_fail(u, UPSTREAM_CONNECT, "SELECT %s refused: %s", name, r->text);
+            return;
+        }
+        upstream_login_select(u); /* left out; the session logs which */
+        return;
+    }
+    if (!u->have_uidvalidity) {
+        upstream_fail(u, UPSTREAM_PROTOCOL, "SELECT %s gave no UIDVALIDITY", name);
+        return;
+    }
+    struct upstream_folder *f = realloc(u->mdf, (u->nmdf + 1) * sizeof(*f));
+    if (f != NULL)
+        u->mdf = f;
+    if (u->md == NULL)
+        u->md = maildrop_new();
+    if (f == NULL || u->md == NULL || maildrop_add_folder(u->md, name, u->uidvalidity) < 0) {
+        upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
+        return;
+    }
+    u->mdf[u->nmdf] = (struct upstream_folder){.name = name, .uidvalidity = u->uidvalidity};
+    u->selected = (int)u->nmdf++;
+    if (u->exists == 0) {
+        upstream_login_select(u);
+        return;
+    }
+    upstream_login_sizes(u);
+}
+
+/* The SELECT before an operation ended: run it, unless the folder is not the one of the
+ * snapshot any more. */
+static void reselected(struct upstream *u, bool ok)
+{
+    const struct upstream_folder *f = &u->mdf[u->want_folder];
+    if (!ok || !u->have_uidvalidity || u->uidvalidity != f->uidvalidity) {
+        u->selected = -1;
+        if (!ok)
+            upstream_set_detail(u, "SELECT %s refused: %s", f->name, u->r.text);
+        else
+            upstream_set_detail(u, "UIDVALIDITY of %s changed from %u to %u since login", f->name,
+                                f->uidvalidity, u->have_uidvalidity ? u->uidvalidity : 0);
+        upstream_finish(u, UPSTREAM_NO);
+        return;
+    }
+    u->selected = (int)u->want_folder;
+    u->stage = u->op_stage;
+    if (u->op_stage == ST_STORE) {
+        start_next_delete(u);
+        return;
+    }
+    int rc = upstream_send_simple(u, u->op_name, u->op_args);
+    free(u->op_args);
+    u->op_args = NULL;
+    if (rc < 0)
+        upstream_finish(u, UPSTREAM_INTERNAL);
+}
+
 static void on_tagged(struct upstream *u)
 {
     struct resp *r = &u->r;
@@ -218,6 +283,12 @@ static void on_tagged(struct upstream *u)
     bool no = strcasecmp(r->word, "NO") == 0;
     if (u->pending != NULL && u->stage != ST_AUTH)
         upstream_wipe_free(&u->pending, u->pending_len);
+    if (u->stage == ST_SIZES && !ok && u->guid_item != NULL) {
+        /* No such item here: UIDLs with %g fall back to the default format. */
+        u->guid_item = NULL;
+        upstream_login_sizes(u);
+        return;
+    }
     if (!ok && !no) {
         upstream_fail(u, UPSTREAM_PROTOCOL, "upstream answered %s to %s: %s", r->word, u->tag,
                       r->text);
@@ -266,35 +337,17 @@ static void on_tagged(struct upstream *u)
         upstream_login_select(u);
         return;
     case ST_SELECT:
-        if (!ok) {
-            upstream_fail(u, UPSTREAM_CONNECT, "SELECT INBOX refused: %s", r->text);
-            return;
-        }
-        if (!u->have_uidvalidity) {
-            upstream_fail(u, UPSTREAM_PROTOCOL, "SELECT gave no UIDVALIDITY");
-            return;
-        }
-        u->md = maildrop_new(u->uidvalidity);
-        if (u->md == NULL) {
-            upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
-            return;
-        }
-        if (u->exists == 0) {
-            maildrop_seal(u->md);
-            upstream_finish(u, UPSTREAM_OK);
-            return;
-        }
-        u->stage = ST_SIZES;
-        if (upstream_send_simple(u, "UID FETCH", "1:* (UID RFC822.SIZE)") < 0)
-            upstream_finish(u, UPSTREAM_INTERNAL);
+        login_selected(u, ok);
         return;
     case ST_SIZES:
         if (!ok) {
             upstream_fail(u, UPSTREAM_PROTOCOL, "size fetch refused: %s", r->text);
             return;
         }
-        maildrop_seal(u->md);
-        upstream_finish(u, UPSTREAM_OK);
+        upstream_login_select(u);
+        return;
+    case ST_RESELECT:
+        reselected(u, ok);
         return;
     case ST_FETCH:
         /* RFC 5530: EXPUNGEISSUED means the data is gone, even with OK. */
@@ -350,7 +403,8 @@ static void on_untagged_end(struct upstream *u)
     }
     if (r->numbered && strcasecmp(r->word, "FETCH") == 0 && u->stage == ST_SIZES && r->has_uid &&
         r->has_size) {
-        if (maildrop_add(u->md, r->uid, r->size) < 0)
+        if (maildrop_add(u->md, r->uid, r->size) < 0 ||
+            (r->has_guid && maildrop_set_guid(u->md, r->uid, r->guid) < 0))
             upstream_fail(u, UPSTREAM_INTERNAL, "out of memory for the snapshot");
         return;
     }
@@ -385,6 +439,17 @@ static void copy_word(char *dst, size_t cap, const struct imap_slice *s)
     dst[n] = '\0';
 }
 
+/* The server's id of a message: kept when a UIDL could carry it. */
+static void guid_value(struct upstream *u, const struct imap_event *ev)
+{
+    struct resp *r = &u->r;
+    if (ev->str.len == 0 || ev->str.len > UPSTREAM_GUID_MAX)
+        return;
+    memcpy(r->guid, ev->str.p, ev->str.len);
+    r->guid[ev->str.len] = '\0';
+    r->has_guid = true;
+}
+
 /* A value of a FETCH item at depth 1 (atom, string, NIL or a literal's start). */
 static void fetch_value_atom(struct upstream *u, const struct imap_event *ev)
 {
@@ -395,6 +460,8 @@ static void fetch_value_atom(struct upstream *u, const struct imap_event *ev)
     } else if (strcasecmp(r->item, "RFC822.SIZE") == 0 && ev->is_number) {
         r->size = ev->num;
         r->has_size = true;
+    } else if (u->guid_item != NULL && strcasecmp(r->item, u->guid_item) == 0) {
+        guid_value(u, ev);
     }
 }
 
@@ -475,6 +542,14 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         }
         return;
     }
+    /* EMAILID (M6d99ac3275bb4e): the id is one level down. */
+    if (r->in_objectid) {
+        if (depth == 2 && ev->type == IMAP_EV_ATOM)
+            guid_value(u, ev);
+        else if (depth == 1 && ev->type == IMAP_EV_LIST_END)
+            r->in_objectid = r->want_value = false;
+        return;
+    }
     if (depth != 1)
         return;
     if (!r->want_value) {
@@ -490,7 +565,10 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         r->want_value = false;
         break;
     case IMAP_EV_STRING:
-        if (u->stage == ST_HEADERS && is_section_item(r->item)) {
+        if (u->stage == ST_SIZES && u->guid_item != NULL &&
+            strcasecmp(r->item, u->guid_item) == 0) {
+            guid_value(u, ev);
+        } else if (u->stage == ST_HEADERS && is_section_item(r->item)) {
             hdr_append(u, ev->str.p, ev->str.len);
             r->has_header = true;
         } else
@@ -502,7 +580,10 @@ static void on_token(struct upstream *u, const struct imap_event *ev)
         r->want_value = false;
         break;
     case IMAP_EV_LIST_BEGIN:
-        r->skip_depth = ev->depth; /* FLAGS (...), BODYSTRUCTURE (...) */
+        if (u->stage == ST_SIZES && u->guid_item != NULL && strcasecmp(r->item, "EMAILID") == 0)
+            r->in_objectid = true;
+        else
+            r->skip_depth = ev->depth; /* FLAGS (...), BODYSTRUCTURE (...) */
         break;
     case IMAP_EV_LITERAL_BEGIN:
         r->collecting = u->stage == ST_HEADERS && is_section_item(r->item);
@@ -808,7 +889,24 @@ struct upstream *upstream_new(struct ev_loop *loop, const struct config_upstream
     ev_init(&u->timer, timer_cb);
     u->timer.data = u;
     u->stage = ST_IDLE;
+    u->selected = -1;
+    static const char *const inbox[] = {"INBOX"};
+    u->folder_names = inbox;
+    u->nfolder_names = 1;
     return u;
+}
+
+void upstream_want_guid(struct upstream *u, bool want)
+{
+    u->want_guid = want;
+}
+
+void upstream_set_folders(struct upstream *u, const char *const *names, size_t n)
+{
+    if (n > 0) {
+        u->folder_names = names;
+        u->nfolder_names = n;
+    }
 }
 
 void upstream_close(struct upstream *u)
@@ -833,6 +931,8 @@ void upstream_free(struct upstream **up)
     buffer_free(&u->out);
     imap_parser_free(&u->parser);
     maildrop_free(&u->md);
+    free(u->mdf);
+    free(u->op_args);
     free(u->del_uids);
     free_steps(u);
     free(u);
@@ -870,6 +970,42 @@ bool upstream_has_uidplus(const struct upstream *u)
     return u->uidplus;
 }
 
+/* Starts an operation on a maildrop folder: at once when it is selected, else after
+ * its SELECT. name == NULL: the batch in del_uids and steps. */
+static void start_op(struct upstream *u, size_t folder, enum stage stage, const char *name,
+                     const char *args)
+{
+    u->busy = true;
+    u->detail[0] = '\0';
+    if (folder >= u->nmdf) {
+        upstream_fail(u, UPSTREAM_INTERNAL, "no folder %zu in the snapshot", folder);
+        return;
+    }
+    if ((int)folder != u->selected) {
+        free(u->op_args);
+        u->op_args = NULL;
+        if (args != NULL && (u->op_args = strdup(args)) == NULL) {
+            upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
+            return;
+        }
+        u->op_name = name;
+        u->op_stage = stage;
+        u->want_folder = folder;
+        u->stage = ST_RESELECT;
+        if (upstream_send_select(u, u->mdf[folder].name) < 0)
+            upstream_finish(u, UPSTREAM_INTERNAL);
+    } else {
+        u->stage = stage;
+        int rc = name != NULL ? upstream_send_simple(u, name, args) : 0;
+        if (name == NULL)
+            start_next_delete(u);
+        else if (rc < 0)
+            upstream_finish(u, UPSTREAM_INTERNAL);
+    }
+    /* No parsing here: this may run inside process_input's own callback chain. */
+    upstream_update_io(u);
+}
+
 static void run_command(struct upstream *u, enum stage stage, const char *name, const char *args)
 {
     u->busy = true;
@@ -879,24 +1015,24 @@ static void run_command(struct upstream *u, enum stage stage, const char *name, 
         upstream_finish(u, UPSTREAM_INTERNAL);
         return;
     }
-    /* No parsing here: this may run inside process_input's own callback chain. */
     upstream_update_io(u);
 }
 
-void upstream_fetch(struct upstream *u, uint32_t uid, const char *item)
+void upstream_fetch(struct upstream *u, size_t folder, uint32_t uid, const char *item)
 {
     char args[96];
     snprintf(args, sizeof(args), "%u (%s)", uid, item);
     u->fetch_uid = uid;
     u->body_seen = false;
-    run_command(u, ST_FETCH, "UID FETCH", args);
+    start_op(u, folder, ST_FETCH, "UID FETCH", args);
 }
 
-void upstream_fetch_headers(struct upstream *u, const char *uid_set, const char *fields)
+void upstream_fetch_headers(struct upstream *u, size_t folder, const char *uid_set,
+                            const char *fields)
 {
     char args[IMAP_CMD_MAX - 64];
     snprintf(args, sizeof(args), "%s (UID BODY.PEEK[HEADER.FIELDS (%s)])", uid_set, fields);
-    run_command(u, ST_HEADERS, "UID FETCH", args);
+    start_op(u, folder, ST_HEADERS, "UID FETCH", args);
 }
 
 static void start_next_delete(struct upstream *u)
@@ -949,7 +1085,7 @@ static void free_steps(struct upstream *u)
     u->nsteps = 0;
 }
 
-void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
+void upstream_batch(struct upstream *u, size_t folder, const uint32_t *uids, size_t n,
                     const struct upstream_step *steps, size_t nsteps)
 {
     u->busy = true;
@@ -974,18 +1110,7 @@ void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
     u->del_n = n;
     u->del_pos = 0;
     u->step = 0;
-    u->stage = ST_STORE;
-    start_next_delete(u);
-    upstream_update_io(u);
-}
-
-void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge)
-{
-    const struct upstream_step steps[] = {
-        {UPSTREAM_STEP_STORE, "\\Deleted"},
-        {UPSTREAM_STEP_EXPUNGE, NULL},
-    };
-    upstream_batch(u, uids, n, steps, expunge ? 2 : 1);
+    start_op(u, folder, ST_STORE, NULL, NULL);
 }
 
 bool upstream_has_move(const struct upstream *u)

@@ -63,11 +63,26 @@ void upstream_free(struct upstream **u);
 void upstream_free_cb(void *u);
 
 /*
+ * The folders the login snapshot merges, in order (mapping.folders); names
+ * must outlive the upstream. Without this call: INBOX. Call before login.
+ */
+void upstream_set_folders(struct upstream *u, const char *const *names, size_t n);
+
+/*
+ * Whether the login snapshot records each message's stable server id
+ * (maildrop_guid()): EMAILID (RFC 8474 OBJECTID), X-GM-MSGID (Gmail), else
+ * X-GUID (Dovecot); a server with none of them gives none. Call before login.
+ */
+void upstream_want_guid(struct upstream *u, bool want);
+
+/*
  * Connects, reads the greeting and capabilities, logs in as user with pass
- * (AUTHENTICATE PLAIN, with SASL-IR when offered, else LOGIN), SELECTs INBOX
- * and fetches every message's UID and size. done() reports the result; on OK
- * upstream_take_maildrop() has the sealed snapshot. The password is copied,
- * and wiped as soon as the login command is written.
+ * (AUTHENTICATE PLAIN, with SASL-IR when offered, else LOGIN), SELECTs each
+ * folder and fetches every message's UID and size. The first folder must
+ * exist; a later one the server refuses to SELECT is left out of the maildrop
+ * (compare maildrop_folder_name() with the list). done() reports the result;
+ * on OK upstream_take_maildrop() has the sealed snapshot. The password is
+ * copied, and wiped as soon as the login command is written.
  */
 void upstream_login(struct upstream *u, const char *user, size_t user_len, const char *pass,
                     size_t pass_len);
@@ -90,26 +105,28 @@ struct maildrop *upstream_take_maildrop(struct upstream *u);
 bool upstream_has_uidplus(const struct upstream *u);
 
 /*
+ * The operations below take the maildrop folder the UIDs belong to; when
+ * another folder is selected they SELECT it first. A folder that cannot be
+ * selected again, or whose UIDVALIDITY changed since login (its UIDs mean
+ * other messages now), ends the operation with done(UPSTREAM_NO) and nothing
+ * done in it.
+ */
+
+/*
  * UID FETCH uid (item), item being e.g. "BODY.PEEK[]", "BODY.PEEK[HEADER]",
  * "BODY.PEEK[TEXT]<0.65536>". The section's bytes go to body_begin/data/end;
  * done() follows the tagged reply. A reply without the section (the message
  * was expunged) is done(OK) with no body_begin.
  */
-void upstream_fetch(struct upstream *u, uint32_t uid, const char *item);
+void upstream_fetch(struct upstream *u, size_t folder, uint32_t uid, const char *item);
 
 /*
  * UID FETCH <uid_set> (UID BODY.PEEK[HEADER.FIELDS (<fields>)]): header() for
  * every message, then done(). uid_set ("5:9,12" or "1:*") and fields
  * ("MESSAGE-ID X-UIDL") are trusted text.
  */
-void upstream_fetch_headers(struct upstream *u, const char *uid_set, const char *fields);
-
-/*
- * Sets \Deleted on uids[0..n) (sorted, distinct) and, when expunge is true,
- * removes exactly them with UID EXPUNGE, in as few commands as the sets allow.
- * The array is copied.
- */
-void upstream_delete(struct upstream *u, const uint32_t *uids, size_t n, bool expunge);
+void upstream_fetch_headers(struct upstream *u, size_t folder, const char *uid_set,
+                            const char *fields);
 
 /* One step of a batch over a set of UIDs. */
 enum upstream_step_kind {
@@ -129,7 +146,7 @@ struct upstream_step {
  * few commands as the UID sets allow; done() after the last, or at the first
  * NO (UPSTREAM_NO: later steps do not run).
  */
-void upstream_batch(struct upstream *u, const uint32_t *uids, size_t n,
+void upstream_batch(struct upstream *u, size_t folder, const uint32_t *uids, size_t n,
                     const struct upstream_step *steps, size_t nsteps);
 
 /* True when the server announced MOVE. */

@@ -23,6 +23,8 @@
 #define UPSTREAM_STEPS_MAX  4
 #define UPSTREAM_DETAIL_MAX 256
 #define UPSTREAM_TEXT_MAX   160
+/* A server id longer than a UIDL can hold is of no use for %g. */
+#define UPSTREAM_GUID_MAX 70
 /* Header fields kept per message for upstream_fetch_headers (a Message-ID fits). */
 #define UPSTREAM_HDR_MAX 1024
 
@@ -38,6 +40,7 @@ enum stage {
     ST_POSTCAPS,
     ST_SELECT,
     ST_SIZES,
+    ST_RESELECT, /* SELECT of another folder before the operation in op_stage */
     ST_FETCH,
     ST_HEADERS,
     ST_STORE,
@@ -45,6 +48,11 @@ enum stage {
     ST_LOGOUT,
     ST_CLOSED,
     ST_COUNT
+};
+
+struct upstream_folder {
+    const char *name;
+    uint32_t uidvalidity;
 };
 
 /* What the response being parsed is, learnt token by token. */
@@ -61,7 +69,9 @@ struct resp {
     char item[32];
     bool want_value;
     unsigned skip_depth; /* >0: inside a list value being skipped */
-    bool has_uid, has_size;
+    bool has_uid, has_size, has_guid;
+    bool in_objectid; /* inside EMAILID's "(...)" */
+    char guid[UPSTREAM_GUID_MAX + 1];
     uint32_t uid;
     uint64_t size;
     bool streaming;  /* this literal is the fetched section */
@@ -97,7 +107,11 @@ struct upstream {
 
     /* Capabilities. */
     bool caps_known, literal_plus, sasl_ir, auth_plain, logindisabled, uidplus, starttls;
-    bool auth_xoauth2, auth_oauthbearer, id, move;
+    bool auth_xoauth2, auth_oauthbearer, id, move, objectid, gm_ext;
+    /* The FETCH item of the server's stable message id, asked with the sizes when the
+     * UIDL template uses %g; NULL = not asked (or the server refused it). */
+    bool want_guid;
+    const char *guid_item;
     char client_ip[64]; /* for IMAP ID x-originating-ip; empty = do not send */
     unsigned client_port;
 
@@ -114,6 +128,19 @@ struct upstream {
     uint32_t uidvalidity, exists;
     bool have_uidvalidity;
     struct maildrop *md;
+
+    /* Folders: the configured names (borrowed), the one SELECTed at login, then each
+     * maildrop folder's name (borrowed) and UIDVALIDITY, and the one selected now. */
+    const char *const *folder_names;
+    size_t nfolder_names, login_folder;
+    struct upstream_folder *mdf;
+    size_t nmdf;
+    int selected; /* maildrop folder index, -1 none */
+    /* The operation waiting for the SELECT of want_folder. */
+    size_t want_folder;
+    enum stage op_stage;
+    const char *op_name; /* static text */
+    char *op_args;
 
     /* Fetch. */
     uint32_t fetch_uid;
@@ -154,7 +181,12 @@ void upstream_try_connect(struct upstream *u);
 void upstream_login_cap_reset(struct upstream *u);
 void upstream_login_cap_add(struct upstream *u, const char *p, size_t len);
 void upstream_login_cap_parse(struct upstream *u, const char *p, size_t len);
+/* SELECTs the next configured folder of the login snapshot (the first when none was). */
 void upstream_login_select(struct upstream *u);
+/* Fetches UID and size (and the stable id when wanted) of every message of the folder. */
+void upstream_login_sizes(struct upstream *u);
+/* Sends SELECT name (quoted or a literal, as its bytes need). */
+int upstream_send_select(struct upstream *u, const char *name);
 void upstream_login_auth(struct upstream *u);
 void upstream_login_continuation(struct upstream *u);
 /* Login NO: [AUTH] for credentials, [SYS/TEMP] for the RFC 5530 server codes. */

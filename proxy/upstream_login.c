@@ -41,6 +41,10 @@ void upstream_login_cap_add(struct upstream *u, const char *p, size_t len)
         u->id = true;
     else if (CAP_IS("MOVE"))
         u->move = true;
+    else if (CAP_IS("OBJECTID"))
+        u->objectid = true;
+    else if (CAP_IS("X-GM-EXT-1"))
+        u->gm_ext = true;
 #undef CAP_IS
 }
 
@@ -61,10 +65,56 @@ void upstream_login_cap_parse(struct upstream *u, const char *p, size_t len)
 
 /* ---- login stages ---- */
 
+int upstream_send_select(struct upstream *u, const char *name)
+{
+    struct imap_cmd *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        upstream_set_detail(u, "out of memory");
+        return -1;
+    }
+    u->have_uidvalidity = false;
+    u->exists = 0;
+    upstream_next_tag(u);
+    imap_cmd_begin(c, u->tag, "SELECT", u->literal_plus);
+    imap_cmd_string(c, name, strlen(name));
+    int rc = upstream_send_cmd(u, c);
+    free(c);
+    return rc;
+}
+
+void upstream_login_sizes(struct upstream *u)
+{
+    char args[64];
+    if (u->guid_item != NULL)
+        snprintf(args, sizeof(args), "1:* (UID RFC822.SIZE %s)", u->guid_item);
+    else
+        snprintf(args, sizeof(args), "1:* (UID RFC822.SIZE)");
+    u->stage = ST_SIZES;
+    if (upstream_send_simple(u, "UID FETCH", args) < 0)
+        upstream_finish(u, UPSTREAM_INTERNAL);
+}
+
 void upstream_login_select(struct upstream *u)
 {
+    /* RFC 8474 EMAILID, Gmail's X-GM-MSGID, else Dovecot's X-GUID (announced by no
+     * capability: a server without it refuses the fetch, which is then asked again
+     * without it). */
+    if (u->want_guid && u->stage != ST_SELECT && u->stage != ST_SIZES)
+        u->guid_item = u->objectid ? "EMAILID" : u->gm_ext ? "X-GM-MSGID" : "X-GUID";
+    /* The first call starts at folder 0; each later one moves on. */
+    if (u->stage == ST_SELECT || u->stage == ST_SIZES)
+        u->login_folder++;
+    if (u->login_folder >= u->nfolder_names) {
+        if (u->md == NULL) {
+            upstream_fail(u, UPSTREAM_INTERNAL, "no folder selected");
+            return;
+        }
+        maildrop_seal(u->md);
+        upstream_finish(u, UPSTREAM_OK);
+        return;
+    }
     u->stage = ST_SELECT;
-    if (upstream_send_simple(u, "SELECT", "INBOX") < 0)
+    if (upstream_send_select(u, u->folder_names[u->login_folder]) < 0)
         upstream_finish(u, UPSTREAM_INTERNAL);
 }
 

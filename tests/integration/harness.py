@@ -340,9 +340,13 @@ class Dovecot:
             password = password.encode("utf-8")
         if any(c in password for c in b"\0\r\n:"):
             raise ValueError("password may not contain NUL, CR, LF or ':'")
-        if not re.fullmatch(r"[A-Za-z0-9._@+-]+", name):
+        # any printable name but ':' (the passwd-file separator); names that are not
+        # plain words (as "../x" or "a/b") get a home folder named after their hash
+        if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name):
             raise ValueError("user name %r not usable in a passwd-file" % name)
-        home = os.path.join(self.root, "home", name)
+        plain = re.fullmatch(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]{0,99}", name)
+        home = os.path.join(self.root, "home", name if plain else
+                            "u-" + hashlib.sha256(name.encode()).hexdigest()[:16])
         uid, gid = ensure_system_user()
         for sub in ("", "Maildir", "Maildir/new", "Maildir/cur", "Maildir/tmp"):
             d = os.path.join(home, sub)

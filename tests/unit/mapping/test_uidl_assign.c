@@ -554,6 +554,47 @@ START_TEST(test_guid_template)
 }
 END_TEST
 
+/* %g survives a rebuilt mailbox even without Message-IDs: the server's id names the
+ * message; an absent entry's UIDL is only reclaimed by the same id, never by another. */
+START_TEST(test_guid_survives_uidvalidity_change)
+{
+    struct state_doc *doc = doc_new();
+    uint16_t f = doc_folder(doc, "INBOX");
+    struct uidl_assign_msg before[] = {
+        {.uid = 1, .size = 10, .guid = "g-one"},
+        {.uid = 2, .size = 20, .guid = "g-two"},
+        {.uid = 3, .size = 30}, /* no id: the default format, not kept after a rebuild */
+    };
+    char u[4][UIDL_MAX + 1];
+    struct uidl_assign_stats st;
+
+    run1(doc, f, 7, before, 3, "%g", false, u, NULL, &st);
+    ck_assert_str_eq(u[0], "g-one");
+    ck_assert_str_eq(u[1], "g-two");
+    char old3[UIDL_MAX + 1];
+    memcpy(old3, u[2], sizeof(old3));
+
+    struct uidl_assign_msg after[] = {
+        {.uid = 1, .size = 20, .guid = "g-two"},
+        {.uid = 2, .size = 10, .guid = "g-one"},
+        {.uid = 3, .size = 30},
+        {.uid = 4, .size = 40, .guid = "g-new"},
+    };
+    run1(doc, f, 8, after, 4, "%g", false, u, NULL, &st);
+    ck_assert_str_eq(u[0], "g-two");
+    ck_assert_str_eq(u[1], "g-one");
+    ck_assert_str_ne(u[2], old3); /* uid 3 under a new UIDVALIDITY is another message */
+    ck_assert_str_eq(u[3], "g-new");
+    ck_assert_uint_eq(st.reassociated, 2);
+
+    /* Run again: everything is recorded now. */
+    run1(doc, f, 8, after, 4, "%g", false, u, NULL, &st);
+    ck_assert_str_eq(u[0], "g-two");
+    ck_assert_uint_eq(st.kept, 4);
+    doc_free(&doc);
+}
+END_TEST
+
 START_TEST(test_errors_leave_doc)
 {
     struct state_doc *doc = doc_new();
@@ -907,6 +948,7 @@ static Suite *uidl_assign_suite(void)
     tcase_add_test(tc, test_unique_across_folders);
     tcase_add_test(tc, test_legacy_vs_kept);
     tcase_add_test(tc, test_guid_template);
+    tcase_add_test(tc, test_guid_survives_uidvalidity_change);
     tcase_add_test(tc, test_errors_leave_doc);
     tcase_add_test(tc, test_list_hash);
     tcase_add_test(tc, test_random_sessions);

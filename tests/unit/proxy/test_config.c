@@ -63,6 +63,8 @@ static struct config *load_text(const char *text, char **errors_r)
 
 #define F        "popgate.json: "
 #define ONE      "popgate: 1 error in popgate.json\n"
+#define TWO      "popgate: 2 errors in popgate.json\n"
+#define THREE    "popgate: 3 errors in popgate.json\n"
 #define ERRORS_N "errors in popgate.json\n"
 #define FORMS    "(expected \"IPv4:port\" or \"[IPv6]:port\")"
 #define LISTENER_KEYS                                                                              \
@@ -95,9 +97,10 @@ static struct config *load_text(const char *text, char **errors_r)
 #define ATOM                                                                                       \
     " (a keyword is an IMAP atom: ASCII without spaces, control bytes or any of ( ) { % * \" \\ "  \
     "])\n"
-#define M               F "mapping."
-#define RM              F "routes[2].mapping."
-#define FOLDERS_ONLY    "folders: only [\"INBOX\"] is supported in this version\n" ONE
+#define M  F "mapping."
+#define RM F "routes[2].mapping."
+#define FOLDERS_LIST                                                                               \
+    "folders: expected a list of 1 to 16 folder names, as in [\"INBOX\", \"Spam\"], got "
 #define NO_TEMPLATE_VAR "the template needs %u or %g, or every message gets the same UIDL\n" ONE
 
 struct bad_case {
@@ -728,11 +731,37 @@ static const struct bad_case bad_cases[] = {
      M "expire: expected a number of days (0 to 36500) or \"NEVER\", got false\n" ONE},
     {"expire real", WITH_MAPPING("{'expire': 7.0}"),
      M "expire: expected a number of days (0 to 36500) or \"NEVER\", got real 7\n" ONE},
-    {"folders two", WITH_MAPPING("{'folders': ['INBOX', 'Archive']}"), M FOLDERS_ONLY},
-    {"folders other", WITH_MAPPING("{'folders': ['Archive']}"), M FOLDERS_ONLY},
-    {"folders empty", WITH_MAPPING("{'folders': []}"), M FOLDERS_ONLY},
-    {"folders string", WITH_MAPPING("{'folders': 'INBOX'}"), M FOLDERS_ONLY},
-    {"folders lower-case", WITH_MAPPING("{'folders': ['inbox']}"), M FOLDERS_ONLY},
+    {"folders empty", WITH_MAPPING("{'folders': []}"), M FOLDERS_LIST "an array\n" ONE},
+    {"folders string", WITH_MAPPING("{'folders': 'INBOX'}"),
+     M FOLDERS_LIST "string \"INBOX\"\n" ONE},
+    {"folders too many",
+     WITH_MAPPING("{'folders': ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', "
+                  "'n', 'o', 'p', 'q']}"),
+     M FOLDERS_LIST "an array\n" ONE},
+    {"folders not strings", WITH_MAPPING("{'folders': ['INBOX', 7, null]}"),
+     M "folders[1]: expected a folder name (a string), got integer 7\n" M
+       "folders[2]: expected a folder name (a string), got null\n" TWO},
+    /* (A NUL never gets this far: the JSON reader refuses \u0000.) */
+    {"folders bad names", WITH_MAPPING("{'folders': ['', 'a\\r\\nb', 'c\\nd']}"),
+     M "folders[0]: the folder name is empty\n" M
+       "folders[1]: the folder name contains CR, LF or NUL\n" M
+       "folders[2]: the folder name contains CR, LF or NUL\n" THREE},
+    {"folders too long",
+     WITH_MAPPING("{'folders': ['"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa']}"),
+     M "folders[0]: the folder name is longer than 255 bytes\n" ONE},
+    /* INBOX is case-insensitive (RFC 3501), other names are not. */
+    {"folders inbox twice", WITH_MAPPING("{'folders': ['INBOX', 'Spam', 'inbox']}"),
+     M "folders[2]: \"inbox\" is already folders[0]\n" ONE},
+    {"folders twice", WITH_MAPPING("{'folders': ['Spam', 'INBOX', 'Spam']}"),
+     M "folders[2]: \"Spam\" is already folders[0]\n" ONE},
+    {"folders move target",
+     WITH_MAPPING("{'folders': ['INBOX', 'Junk'], 'on_delete': 'move:Junk'}"),
+     F "mapping: on_delete \"move:Junk\" moves deleted messages into folders[1], where POP3 shows "
+       "them again (move them to a folder outside \"folders\")\n" ONE},
     {"mapping several errors",
      WITH_MAPPING("{'uidl_format': '%v', 'on_delete': 'move:', 'window': 'new', "
                   "'login_delay': 86401, 'expire': 'x'}"),
@@ -772,7 +801,14 @@ static const struct bad_case bad_cases[] = {
      RM "expire: must be between 0 and 36500 days, got 40000\n" ONE},
     {"route expire string", WITH_ROUTE_MAPPING("{'expire': 'Never'}"),
      RM "expire: expected a number of days (0 to 36500) or \"NEVER\", got string \"Never\"\n" ONE},
-    {"route folders", WITH_ROUTE_MAPPING("{'folders': ['INBOX', 'Spam']}"), RM FOLDERS_ONLY},
+    {"route folders", WITH_ROUTE_MAPPING("{'folders': ['INBOX', 'INBOX']}"),
+     RM "folders[1]: \"INBOX\" is already folders[0]\n" ONE},
+    /* The route's move target against the top-level folders it inherits. */
+    {"route move into folders",
+     "{" LISTENERS ", " UPSTREAMS ", " STATE ", 'mapping': {'folders': ['INBOX', 'Spam']}, "
+     "'routes': [{'default': true, 'upstream': 'main', 'mapping': {'on_delete': 'move:Spam'}}]}",
+     F "routes[0].mapping: on_delete \"move:Spam\" moves deleted messages into folders[1], where "
+       "POP3 shows them again (move them to a folder outside \"folders\")\n" ONE},
     /* A bad top-level key is reported once, not again for every route that copies it. */
     {"top and route mapping",
      "{" LISTENERS ", " UPSTREAMS ", 'mapping': {'on_retr': 'x'}, 'routes': [{'default': true, "
@@ -1622,6 +1658,8 @@ static void assert_default_mapping(const struct config_mapping *m)
     ck_assert(!m->window_since_first_login);
     ck_assert_uint_eq(m->login_delay, 0);
     ck_assert_ptr_null(m->expire);
+    ck_assert_ptr_null(m->folders);
+    ck_assert_uint_eq(m->nfolders, 0);
 }
 
 /* Without "mapping" anywhere, the top level and every route have the defaults; an empty
@@ -1652,7 +1690,8 @@ START_TEST(test_mapping_full)
     struct config *cfg = load_text(
         WITH_MAPPING("{'uidl_format': '%08Xu%08Xv', 'reuse_xuidl': true, 'on_delete': "
                      "'flag:$POP3Deleted', 'on_retr': 'seen', 'window': 'since_first_login', "
-                     "'login_delay': 86400, 'expire': 36500, 'folders': ['INBOX']}"),
+                     "'login_delay': 86400, 'expire': 36500, 'folders': ['INBOX', 'Spam', "
+                     "'Other Users/x \xc3\xa9']}"),
         &errors);
     ck_assert_msg(cfg != NULL, "%s", errors);
     const struct config_mapping *m = &cfg->mapping;
@@ -1664,6 +1703,13 @@ START_TEST(test_mapping_full)
     ck_assert(m->window_since_first_login);
     ck_assert_uint_eq(m->login_delay, 86400);
     ck_assert_str_eq(m->expire, "36500");
+    ck_assert_uint_eq(m->nfolders, 3);
+    ck_assert_str_eq(m->folders[0], "INBOX");
+    ck_assert_str_eq(m->folders[2], "Other Users/x \xc3\xa9");
+    /* The route has copies of its own. */
+    ck_assert_uint_eq(cfg->routes[0].mapping.nfolders, 3);
+    ck_assert_str_eq(cfg->routes[0].mapping.folders[1], "Spam");
+    ck_assert_ptr_ne(cfg->routes[0].mapping.folders[1], m->folders[1]);
     config_free(&cfg);
 
     static const struct {
