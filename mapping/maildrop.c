@@ -344,6 +344,14 @@ enum maildrop_lookup maildrop_delete(struct maildrop *m, uint32_t n)
     return MAILDROP_OK;
 }
 
+void maildrop_set_gone(struct maildrop *m, uint32_t n)
+{
+    struct maildrop_msg *msg = msg_at(m, n);
+
+    if (msg != NULL)
+        msg->gone = true;
+}
+
 void maildrop_reset(struct maildrop *m)
 {
     if (m->deleted_count == 0)

@@ -14,6 +14,7 @@ struct maildrop_msg {
     uint32_t uid;
     uint16_t folder; /* index of maildrop_add_folder() order */
     bool deleted;    /* marked by DELE in this session */
+    bool gone;       /* the server no longer has it (maildrop_set_gone) */
 };
 
 enum maildrop_lookup {
@@ -83,6 +84,10 @@ const struct maildrop_msg *maildrop_at(const struct maildrop *m, uint32_t n);
 
 /* DELE: marks message n. Returns what maildrop_get() would have said before. */
 enum maildrop_lookup maildrop_delete(struct maildrop *m, uint32_t n);
+
+/* Marks message n as gone from the server (another client expunged it): RETR
+ * can answer at once from then on. Does nothing beyond the snapshot. */
+void maildrop_set_gone(struct maildrop *m, uint32_t n);
 
 /* RSET: unmarks every message. */
 void maildrop_reset(struct maildrop *m);

@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The normal line buffer: a whole line without its LF (CR kept) fits, plus slack. */
-#define POP3_PARSER_LINE_BUF (POP3_LINE_MAX + 1)
 #define POP3_PARSER_SASL_BUF (POP3_SASL_LINE_MAX + 1)
 /* Keywords are 3 (TOP) or 4 letters; anything longer cannot match. */
 #define POP3_PARSER_VERB_MAX 4
@@ -22,7 +20,9 @@ struct pop3_parser {
     /* Length of the last complete line in line[]: wiped at the next feed, so a PASS
      * line does not outlive its command in memory. */
     size_t last_len;
-    char line[POP3_PARSER_LINE_BUF];
+    /* The longest command line, CRLF included; line[] holds it without its LF. */
+    size_t line_max;
+    char line[];
 };
 
 enum arg_rule {
@@ -61,7 +61,18 @@ static void wipe(void *p, size_t len)
 
 struct pop3_parser *pop3_parser_new(void)
 {
-    struct pop3_parser *p = calloc(1, sizeof(*p));
+    return pop3_parser_new_max(POP3_LINE_MAX);
+}
+
+struct pop3_parser *pop3_parser_new_max(size_t line_max)
+{
+    if (line_max < POP3_LINE_MAX)
+        line_max = POP3_LINE_MAX;
+    if (line_max > POP3_LINE_LIMIT)
+        line_max = POP3_LINE_LIMIT;
+    struct pop3_parser *p = calloc(1, sizeof(*p) + line_max + 1);
+    if (p != NULL)
+        p->line_max = line_max;
     return p;
 }
 
@@ -104,7 +115,7 @@ int pop3_parser_expect_sasl(struct pop3_parser *p)
 
 void pop3_parser_reset(struct pop3_parser *p)
 {
-    wipe(p->line, sizeof(p->line));
+    wipe(p->line, p->line_max + 1);
     p->last_len = 0;
     p->len = 0;
     p->overflow = false;
@@ -301,7 +312,7 @@ enum pop3_parse_status pop3_parser_feed(struct pop3_parser *p, const char *buf, 
     p->last_len = 0;
 
     bool sasl = p->sasl;
-    size_t limit = sasl ? POP3_SASL_LINE_MAX : POP3_LINE_MAX;
+    size_t limit = sasl ? POP3_SASL_LINE_MAX : p->line_max;
     char *line = sasl ? p->sasl_buf : p->line;
     const char *lf = memchr(buf, '\n', len);
     size_t seg = lf != NULL ? (size_t)(lf - buf) : len;

@@ -10,6 +10,8 @@
 
 /* A command line is at most 255 octets including CRLF (RFC 2449 section 4). */
 #define POP3_LINE_MAX 255
+/* The most an operator may allow instead (clients that overstep RFC 2449). */
+#define POP3_LINE_LIMIT 2048
 /* A SASL continuation line (RFC 5034) may carry a long token (OAuth). */
 #define POP3_SASL_LINE_MAX 16384
 #define POP3_ARGS_MAX      2
@@ -69,6 +71,9 @@ struct pop3_parser;
 /* Returns a new parser (owned by the caller; free with pop3_parser_free), or NULL
  * when out of memory. */
 struct pop3_parser *pop3_parser_new(void);
+/* The same with command lines of up to line_max octets (CRLF included), clamped to
+ * POP3_LINE_MAX .. POP3_LINE_LIMIT; "POP3_LINE_MAX" below then means line_max. */
+struct pop3_parser *pop3_parser_new_max(size_t line_max);
 void pop3_parser_free(struct pop3_parser **p);
 
 /*

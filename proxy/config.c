@@ -21,15 +21,22 @@
 #include "uidl.h"
 #include "user_map.h"
 
-#define CONFIG_DEFAULT_CONNECT_TIMEOUT  10
-#define CONFIG_DEFAULT_COMMAND_TIMEOUT  60
-#define CONFIG_DEFAULT_AUTH_TIMEOUT     60
-#define CONFIG_DEFAULT_IDLE_TIMEOUT     600 /* RFC 1939 section 3: at least 10 minutes */
-#define CONFIG_DEFAULT_MAX_BAD_COMMANDS 10
-#define CONFIG_DEFAULT_OUTPUT_BUFFER    65536
-#define CONFIG_DEFAULT_SHUTDOWN_TIMEOUT 30
-#define CONFIG_SHUTDOWN_TIMEOUT_MAX     3600
-#define CONFIG_WORKERS_MAX              256
+#define CONFIG_DEFAULT_CONNECT_TIMEOUT        10
+#define CONFIG_DEFAULT_COMMAND_TIMEOUT        60
+#define CONFIG_DEFAULT_AUTH_TIMEOUT           60
+#define CONFIG_DEFAULT_IDLE_TIMEOUT           600 /* RFC 1939 section 3: at least 10 minutes */
+#define CONFIG_DEFAULT_MAX_BAD_COMMANDS       10
+#define CONFIG_DEFAULT_OUTPUT_BUFFER          65536
+#define CONFIG_DEFAULT_LINE_LENGTH            255 /* RFC 2449 section 4 */
+#define CONFIG_DEFAULT_MAX_AUTH_FAILURES      3
+#define CONFIG_DEFAULT_AUTH_FAILURE_DELAY     2
+#define CONFIG_DEFAULT_AUTH_FAILURE_DELAY_MAX 15
+#define CONFIG_DEFAULT_MAX_CONNECTIONS        10000
+#define CONFIG_DEFAULT_MAX_CONNECTIONS_PER_IP 100
+#define CONFIG_DEFAULT_UPSTREAM_KEEPALIVE     1500 /* RFC 3501 5.4: autologout after >= 30 min */
+#define CONFIG_DEFAULT_SHUTDOWN_TIMEOUT       30
+#define CONFIG_SHUTDOWN_TIMEOUT_MAX           3600
+#define CONFIG_WORKERS_MAX                    256
 /* getpwnam_r/getgrnam_r buffers grow up to this (a group with many members needs room). */
 #define CONFIG_PWBUF_MAX (1024 * 1024)
 
@@ -1601,42 +1608,58 @@ static void load_state(struct loader *ld, json_t *obj)
 
 static void load_limits(struct loader *ld, json_t *obj)
 {
-    static const struct {
+    struct config_limits *l = &ld->cfg->limits;
+    /* Every key with its bounds and where it lands; values are read as json_int_t. */
+    struct rule {
         const char *key;
         json_int_t min, max;
         const char *unit;
-    } rules[] = {
-        {"connect_timeout", 1, 300, "seconds"},
-        {"command_timeout", 1, 3600, "seconds"},
-        {"auth_timeout", 10, 3600, "seconds"},
-        /* RFC 1939 section 3: the autologout timer is at least 10 minutes. */
-        {"idle_timeout", 600, 86400, "seconds"},
-        {"max_bad_commands", 1, 1000, ""},
-        {"output_buffer", 4096, 16777216, "bytes"},
+        uint32_t *u32;
+        size_t *size;
     };
-    static const char *const keys[] = {"connect_timeout",
-                                       "command_timeout",
-                                       "auth_timeout",
-                                       "idle_timeout",
-                                       "max_bad_commands",
-                                       "output_buffer",
-                                       NULL};
+    const struct rule rules[] = {
+        {"connect_timeout", 1, 300, "seconds", &l->connect_timeout, NULL},
+        {"command_timeout", 1, 3600, "seconds", &l->command_timeout, NULL},
+        {"auth_timeout", 10, 3600, "seconds", &l->auth_timeout, NULL},
+        /* RFC 1939 section 3: the autologout timer is at least 10 minutes. */
+        {"idle_timeout", 600, 86400, "seconds", &l->idle_timeout, NULL},
+        {"max_bad_commands", 1, 1000, "", &l->max_bad_commands, NULL},
+        {"output_buffer", 4096, 16777216, "bytes", NULL, &l->output_buffer},
+        {"line_length", 255, 2048, "bytes", &l->line_length, NULL},
+        {"max_auth_failures", 1, 100, "", &l->max_auth_failures, NULL},
+        {"auth_failure_delay", 0, 60, "seconds", &l->auth_failure_delay, NULL},
+        {"auth_failure_delay_max", 0, 3600, "seconds", &l->auth_failure_delay_max, NULL},
+        {"max_connections", 1, 1000000, "", &l->max_connections, NULL},
+        {"max_connections_per_ip", 0, 1000000, "", &l->max_connections_per_ip, NULL},
+        /* Below the 30 minutes of RFC 3501 5.4, with a margin for a slow answer. */
+        {"upstream_keepalive", 1, 1740, "seconds", &l->upstream_keepalive, NULL},
+    };
+    enum { NRULES = sizeof(rules) / sizeof(rules[0]) };
+    const char *keys[NRULES + 1];
+    for (size_t i = 0; i < NRULES; i++)
+        keys[i] = rules[i].key;
+    keys[NRULES] = NULL;
     if (obj == NULL)
         return;
-    struct config_limits *l = &ld->cfg->limits;
-    json_int_t v[] = {l->connect_timeout, l->command_timeout,  l->auth_timeout,
-                      l->idle_timeout,    l->max_bad_commands, (json_int_t)l->output_buffer};
     size_t mark = path_push_key(ld, "limits");
     if (expect(ld, obj, JSON_OBJECT)) {
         check_keys(ld, obj, keys);
-        for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
-            get_int_range(ld, obj, rules[i].key, rules[i].min, rules[i].max, rules[i].unit, &v[i]);
-        l->connect_timeout = (uint32_t)v[0];
-        l->command_timeout = (uint32_t)v[1];
-        l->auth_timeout = (uint32_t)v[2];
-        l->idle_timeout = (uint32_t)v[3];
-        l->max_bad_commands = (uint32_t)v[4];
-        l->output_buffer = (size_t)v[5];
+        for (size_t i = 0; i < NRULES; i++) {
+            const struct rule *r = &rules[i];
+            json_int_t v = r->u32 != NULL ? (json_int_t)*r->u32 : (json_int_t)*r->size;
+            if (!get_int_range(ld, obj, r->key, r->min, r->max, r->unit, &v))
+                continue;
+            if (r->u32 != NULL)
+                *r->u32 = (uint32_t)v;
+            else
+                *r->size = (size_t)v;
+        }
+        if (l->auth_failure_delay_max < l->auth_failure_delay) {
+            size_t kmark = path_push_key(ld, "auth_failure_delay_max");
+            err(ld, "must be at least auth_failure_delay (%u seconds), got %u",
+                l->auth_failure_delay, l->auth_failure_delay_max);
+            path_pop(ld, kmark);
+        }
     }
     path_pop(ld, mark);
 }
@@ -1977,6 +2000,13 @@ struct config *config_load(const char *path, char **errors_r)
         .idle_timeout = CONFIG_DEFAULT_IDLE_TIMEOUT,
         .max_bad_commands = CONFIG_DEFAULT_MAX_BAD_COMMANDS,
         .output_buffer = CONFIG_DEFAULT_OUTPUT_BUFFER,
+        .line_length = CONFIG_DEFAULT_LINE_LENGTH,
+        .max_auth_failures = CONFIG_DEFAULT_MAX_AUTH_FAILURES,
+        .auth_failure_delay = CONFIG_DEFAULT_AUTH_FAILURE_DELAY,
+        .auth_failure_delay_max = CONFIG_DEFAULT_AUTH_FAILURE_DELAY_MAX,
+        .max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS,
+        .max_connections_per_ip = CONFIG_DEFAULT_MAX_CONNECTIONS_PER_IP,
+        .upstream_keepalive = CONFIG_DEFAULT_UPSTREAM_KEEPALIVE,
     };
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->workers = cpus < 1 ? 1 : cpus > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (unsigned)cpus;

@@ -137,12 +137,25 @@ struct config_route {
 };
 
 struct config_limits {
-    uint32_t connect_timeout;  /* seconds, upstream connect + greeting; default 10 */
-    uint32_t command_timeout;  /* seconds, any upstream command; default 60 */
-    uint32_t auth_timeout;     /* seconds idle in AUTHORIZATION; default 60 */
-    uint32_t idle_timeout;     /* seconds idle in TRANSACTION; default 600, min 600 */
-    uint32_t max_bad_commands; /* per session before disconnect; default 10 */
-    size_t output_buffer;      /* client output high mark, bytes; default 65536 */
+    uint32_t connect_timeout;        /* seconds, upstream connect + greeting; default 10 */
+    uint32_t command_timeout;        /* seconds, any upstream command; default 60 */
+    uint32_t auth_timeout;           /* seconds idle in AUTHORIZATION; default 60 */
+    uint32_t idle_timeout;           /* seconds idle in TRANSACTION; default 600, min 600 */
+    uint32_t max_bad_commands;       /* per session before disconnect; default 10 */
+    size_t output_buffer;            /* client output high mark, bytes; default 65536 */
+    uint32_t line_length;            /* longest POP3 command line with CRLF; default 255 (RFC
+                                      * 2449), at most 2048 */
+    uint32_t max_auth_failures;      /* failed logins per connection before disconnect; 3 */
+    uint32_t auth_failure_delay;     /* seconds before a failed login is answered; doubles
+                                      * with each recent failure from the client's address;
+                                      * default 2, 0 = none */
+    uint32_t auth_failure_delay_max; /* the cap of that growth; default 15 */
+    uint32_t max_connections;        /* client connections, all workers; default 10000 */
+    uint32_t max_connections_per_ip; /* from one client address, all workers; default 100,
+                                      * 0 = no limit */
+    uint32_t upstream_keepalive;     /* seconds a TRANSACTION session's upstream may sit
+                                      * idle before popgate sends NOOP (servers log out
+                                      * after 30 minutes); default 1500 */
 };
 
 enum config_log {

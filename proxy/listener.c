@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "conn_limit.h"
 #include "log.h"
+#include "metrics.h"
 #include "session.h"
 
 #define LISTENER_BACKLOG 1024
@@ -17,6 +19,9 @@
 #define LISTENER_ACCEPT_BURST 64
 /* Pause after running out of file descriptors, before trying again. */
 #define LISTENER_EMFILE_PAUSE 0.5
+
+/* What a client refused by a connection limit reads (RFC 3206: try again later). */
+static const char refused_reply[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
 
 struct listener {
     struct ev_loop *loop;
@@ -32,6 +37,34 @@ static void pause_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct listener *l = w->data;
     ev_io_start(loop, &l->io);
+}
+
+/*
+ * Turns a client away without a session: it costs a flood one log line and one
+ * write. The reply is best effort (a non-blocking send into an empty socket
+ * buffer, which only a dead peer refuses); an implicit-TLS client gets no
+ * plaintext it could not read, only the close.
+ */
+static void refuse(const struct listener *l, int fd, const struct sockaddr_storage *peer,
+                   enum conn_limit_verdict v)
+{
+    if (l->cl->tls != CONFIG_TLS_IMPLICIT) {
+        ssize_t n = send(fd, refused_reply, sizeof(refused_reply) - 1, MSG_NOSIGNAL);
+        (void)n;
+        /* Whatever the client sent (a PROXY header) would turn the close into a
+         * reset, which may destroy the reply before the client reads it. */
+        char drain[1024];
+        for (int i = 0; i < 4 && recv(fd, drain, sizeof(drain), MSG_DONTWAIT) > 0; i++)
+            ;
+    }
+    close(fd);
+    const struct config_limits *lim = &l->cfg->limits;
+    char client[64];
+    conn_format_addr(peer, client, sizeof(client));
+    log_line(LOG_INFO, "event=connection_refused client=%s listener=%s reason=\"%s\" limit=%u",
+             client, l->cl->address_text, conn_limit_reason(v),
+             v == CONN_LIMIT_PER_ADDRESS ? lim->max_connections_per_ip : lim->max_connections);
+    metrics_connection_refused(conn_limit_metrics_reason(v));
 }
 
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -57,6 +90,15 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         if (conn_prepare_fd(fd) < 0) {
             close(fd);
+            continue;
+        }
+        /* Behind a PROXY header the peer is the load balancer: its connection counts in
+         * the total now, the client's address once the header names it (session_conn.c).
+         * session_start keys the peer the same way and releases the count at the end. */
+        uint64_t key = l->cl->proxy_protocol ? 0 : conn_limit_key(&peer);
+        enum conn_limit_verdict v = conn_limit_admit(&l->cfg->limits, key);
+        if (v != CONN_LIMIT_OK) {
+            refuse(l, fd, &peer, v);
             continue;
         }
         (void)session_start(loop, l->cfg, l->cl, fd, &peer);

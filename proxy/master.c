@@ -14,8 +14,10 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "conn_limit.h"
 #include "listener.h"
 #include "log.h"
+#include "auth_penalty.h"
 #include "metrics.h"
 #include "worker.h"
 
@@ -40,6 +42,7 @@ static struct config *current;
 static int *current_fds; /* one per current->listeners entry */
 static unsigned generation;
 static struct admin *admin;
+static struct conn_limit *conn_limit; /* shared with the workers; NULL: limits unavailable */
 static struct worker_proc procs[MASTER_MAX_WORKERS];
 static ev_signal sighup_w, sigterm_w, sigint_w;
 static ev_timer respawn_w, kill_w;
@@ -95,6 +98,7 @@ static void become_worker(unsigned slot)
     if (getppid() != master_pid)
         _exit(0);
     metrics_attach(slot);
+    conn_limit_attach(conn_limit, slot);
     int status = worker_run(loop, current, current_fds);
     _exit(status);
 }
@@ -174,6 +178,9 @@ static void child_cb(struct ev_loop *l, ev_child *w, int revents)
     p->pid = 0;
     metrics_retire(slot);
     metrics_slot_in_use(slot, false);
+    /* Its connections died with it: without this a killed worker's share would count
+     * against the limits for good. */
+    conn_limit_retire(conn_limit, slot);
     if (shutting_down) {
         if (live_workers() == 0)
             ev_break(l, EVBREAK_ALL);
@@ -284,6 +291,17 @@ static void log_errors(const char *errors)
     }
 }
 
+/* The address tables were sized at start; a reload cannot grow them. */
+static void warn_conn_limit_capacity(const struct config *cfg)
+{
+    if (conn_limit != NULL && cfg->limits.max_connections > conn_limit_capacity(conn_limit))
+        log_line(LOG_WARN,
+                 "event=connection_limit_capacity max_connections=%u capacity=%u "
+                 "reason=\"address tables were sized at start; restart popgate to count "
+                 "more addresses per worker\"",
+                 cfg->limits.max_connections, conn_limit_capacity(conn_limit));
+}
+
 static void reload(void)
 {
     log_line(LOG_INFO, "event=reload_started config=%s", config_path);
@@ -328,6 +346,7 @@ static void reload(void)
         }
     }
     generation++;
+    warn_conn_limit_capacity(current);
     prepare_state_dir(current);
     spawn_missing();
     metrics_config_reload(true);
@@ -391,6 +410,13 @@ int master_run(const char *path, struct config *cfg)
     signal(SIGPIPE, SIG_IGN);
     if (metrics_init(MASTER_MAX_WORKERS) < 0)
         log_line(LOG_WARN, "event=metrics_unavailable reason=\"cannot map shared memory\"");
+    const char *limit_error = "unknown error";
+    conn_limit = conn_limit_new(MASTER_MAX_WORKERS, cfg->limits.max_connections, &limit_error);
+    /* Without the tables every connection is admitted: say so loudly, but serve. */
+    if (conn_limit == NULL)
+        log_line(LOG_ERROR, "event=connection_limits_unavailable reason=\"%s\"", limit_error);
+    if (auth_penalty_init() < 0)
+        log_line(LOG_WARN, "event=auth_penalty_per_worker reason=\"cannot map shared memory\"");
     current_fds = bind_listeners(cfg, NULL, NULL);
     if (current_fds == NULL)
         return 1;
@@ -417,6 +443,7 @@ int master_run(const char *path, struct config *cfg)
             close(current_fds[j]);
     free(current_fds);
     admin_free(&admin);
+    conn_limit_free(&conn_limit);
     config_free(&current);
     log_line(LOG_INFO, "event=stopped");
     return 0;

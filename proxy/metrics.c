@@ -54,6 +54,7 @@ static const char *const result_names[METRICS_RESULT_COUNT] = {
     [METRICS_RESULT_SHUTDOWN] = "shutdown",
     [METRICS_RESULT_CLIENT_ERROR] = "client_error",
     [METRICS_RESULT_INTERNAL_ERROR] = "internal_error",
+    [METRICS_RESULT_CONNECTION_LIMIT] = "connection_limit",
 };
 
 static const char *const login_names[METRICS_LOGIN_COUNT] = {
@@ -72,6 +73,12 @@ static const char *const upstream_names[METRICS_UPSTREAM_COUNT] = {
     [METRICS_UPSTREAM_INTERNAL] = "internal",
 };
 
+static const char *const refused_names[METRICS_REFUSED_COUNT] = {
+    [METRICS_REFUSED_TOTAL] = "total",
+    [METRICS_REFUSED_PER_ADDRESS] = "per_address",
+    [METRICS_REFUSED_TABLE_FULL] = "table_full",
+};
+
 /* A slot's counters, as indexes into one array so retiring and summing are loops. */
 enum {
     C_SESSIONS = 0, /* by enum metrics_result */
@@ -80,7 +87,8 @@ enum {
     C_BYTES_RETRIEVED = C_UPSTREAM + METRICS_UPSTREAM_COUNT,
     C_MESSAGES_RETRIEVED,
     C_MESSAGES_DELETED,
-    C_LOGIN_BUCKETS, /* per bucket, not cumulative */
+    C_REFUSED,                                           /* by enum metrics_refused */
+    C_LOGIN_BUCKETS = C_REFUSED + METRICS_REFUSED_COUNT, /* per bucket, not cumulative */
     C_LOGIN_SUM_NS = C_LOGIN_BUCKETS + METRICS_BUCKETS,
     C_COUNT
 };
@@ -244,6 +252,12 @@ void metrics_messages_deleted(uint32_t n)
         counter_add(&m.mine->c[C_MESSAGES_DELETED], n);
 }
 
+void metrics_connection_refused(enum metrics_refused reason)
+{
+    if (m.mine != NULL && (unsigned)reason < METRICS_REFUSED_COUNT)
+        counter_add(&m.mine->c[C_REFUSED + reason], 1);
+}
+
 void metrics_config_reload(bool ok)
 {
     /* Not a per-slot counter: whichever process reloads may add, so use a real RMW. */
@@ -337,6 +351,12 @@ char *metrics_render(void)
     family(f, "popgate_deleted_messages_total", "counter",
            "Messages deleted upstream at QUIT (UPDATE state).");
     fprintf(f, "popgate_deleted_messages_total %llu\n", t.c[C_MESSAGES_DELETED]);
+
+    family(f, "popgate_connections_refused_total", "counter",
+           "Client connections refused by limits.max_connections (total), "
+           "limits.max_connections_per_ip (per_address) or a full address table.");
+    labelled(f, "popgate_connections_refused_total", "reason", refused_names, &t.c[C_REFUSED],
+             METRICS_REFUSED_COUNT);
 
     family(f, "popgate_login_duration_seconds", "histogram",
            "Time from PASS (or AUTH) to the login's answer, in seconds.");

@@ -21,6 +21,7 @@ enum metrics_result {
     METRICS_RESULT_SHUTDOWN,
     METRICS_RESULT_CLIENT_ERROR,
     METRICS_RESULT_INTERNAL_ERROR,
+    METRICS_RESULT_CONNECTION_LIMIT, /* refused once the PROXY header named the client */
     METRICS_RESULT_COUNT
 };
 
@@ -41,6 +42,14 @@ enum metrics_upstream_error {
     METRICS_UPSTREAM_CLOSED,
     METRICS_UPSTREAM_INTERNAL,
     METRICS_UPSTREAM_COUNT
+};
+
+/* Why a connection limit refused a client (conn_limit.h). */
+enum metrics_refused {
+    METRICS_REFUSED_TOTAL,       /* limits.max_connections */
+    METRICS_REFUSED_PER_ADDRESS, /* limits.max_connections_per_ip */
+    METRICS_REFUSED_TABLE_FULL,  /* a worker's address table is full */
+    METRICS_REFUSED_COUNT
 };
 
 /*
@@ -71,6 +80,7 @@ void metrics_upstream_error(enum metrics_upstream_error cls);
 void metrics_bytes_retrieved(uint64_t n);
 void metrics_messages_retrieved(uint32_t n);
 void metrics_messages_deleted(uint32_t n);
+void metrics_connection_refused(enum metrics_refused reason);
 
 /* Master side (safe from any process once metrics_init ran: an atomic add). */
 void metrics_config_reload(bool ok);
@@ -87,7 +97,8 @@ enum metrics_result metrics_result_from_name(const char *name);
  * popgate_upstream_errors_total{class=...}, popgate_retrieved_bytes_total,
  * popgate_retrieved_messages_total, popgate_deleted_messages_total,
  * popgate_login_duration_seconds (histogram: _bucket{le=...}, _sum, _count),
- * popgate_config_reloads_total{result="ok|failed"}, popgate_workers (gauge:
+ * popgate_config_reloads_total{result="ok|failed"},
+ * popgate_connections_refused_total{reason="total|per_address|table_full"}, popgate_workers (gauge:
  * slots in use), popgate_start_time_seconds.
  */
 char *metrics_render(void);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conn_limit.h"
 #include "log.h"
 #include "pop3_writer.h"
 #include "proxy_protocol.h"
@@ -128,7 +129,9 @@ void session_close(struct session *s, const char *result)
     ev_io_stop(s->loop, &s->io);
     ev_timer_stop(s->loop, &s->idle);
     ev_timer_stop(s->loop, &s->proxy_retry);
+    ev_timer_stop(s->loop, &s->auth_delay);
     conn_close(&s->client);
+    conn_limit_release(s->conn_limit_key);
     if (s->up != NULL)
         upstream_close(s->up);
     session_state_end(s);
@@ -237,6 +240,10 @@ static void do_write(struct session *s)
         buffer_consume(&s->out, n);
         progressed = true;
     }
+    /* All written and no command running: the output buffer's storage goes until the
+     * next reply (an idle session keeps no 64 KiB block). */
+    if (buffer_len(&s->out) == 0 && s->job == JOB_NONE)
+        buffer_shrink(&s->out);
     if (progressed)
         session_touch(s);
     if (s->flush_close)
@@ -352,7 +359,7 @@ void session_job_done(struct session *s)
     session_update_io(s);
 }
 
-static void bad_command(struct session *s, const char *reason)
+void session_bad_command(struct session *s, const char *reason)
 {
     s->bad_commands++;
     if (s->bad_commands >= s->cfg->limits.max_bad_commands) {
@@ -389,7 +396,7 @@ static void dispatch_authorization(struct session *s, const struct pop3_command 
         return;
     case POP3_CMD_APOP:
         /* APOP needs the plaintext password on our side; popgate never has it. */
-        bad_command(s, "APOP is not supported; use USER and PASS");
+        session_bad_command(s, "APOP is not supported; use USER and PASS");
         return;
     case POP3_CMD_AUTH:
         session_cmd_auth(s, cmd);
@@ -401,7 +408,7 @@ static void dispatch_authorization(struct session *s, const struct pop3_command 
         session_cmd_stls(s);
         return;
     default:
-        bad_command(s, "Command not valid before login");
+        session_bad_command(s, "Command not valid before login");
         return;
     }
 }
@@ -447,7 +454,7 @@ static void dispatch_transaction(struct session *s, const struct pop3_command *c
         session_cmd_quit(s);
         return;
     default:
-        bad_command(s, "Command not valid in TRANSACTION state");
+        session_bad_command(s, "Command not valid in TRANSACTION state");
         return;
     }
 }
@@ -469,7 +476,7 @@ static void process_commands(struct session *s)
                                                      buffer_len(&s->in), &consumed, &cmd, &error);
         if (st == POP3_PARSE_ERROR) {
             buffer_consume(&s->in, consumed);
-            bad_command(s, error);
+            session_bad_command(s, error);
             continue;
         }
         if (st == POP3_PARSE_CMD) {
@@ -496,14 +503,20 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
                   const struct config_listener *listener, int fd,
                   const struct sockaddr_storage *peer)
 {
+    /* The listener admitted the connection under the peer's address, or (behind a
+     * PROXY header) in the total only; from here on the session releases it. */
+    uint64_t limit_key = listener->proxy_protocol ? 0 : conn_limit_key(peer);
     struct session *s = calloc(1, sizeof(*s));
     if (s == NULL) {
+        conn_limit_release(limit_key);
         close(fd);
         return -1;
     }
-    s->parser = pop3_parser_new();
+    s->conn_limit_key = limit_key;
+    s->parser = pop3_parser_new_max(cfg->limits.line_length);
     if (s->parser == NULL) {
         free(s);
+        conn_limit_release(limit_key);
         close(fd);
         return -1;
     }
@@ -525,6 +538,8 @@ int session_start(struct ev_loop *loop, const struct config *cfg,
     s->idle.data = s;
     ev_init(&s->proxy_retry, session_conn_proxy_retry_cb);
     s->proxy_retry.data = s;
+    ev_init(&s->auth_delay, session_auth_delay_cb);
+    s->auth_delay.data = s;
     s->state = SESSION_AUTHORIZATION;
 
     s->next = sessions;

@@ -4,6 +4,7 @@
 #include <strings.h>
 #include <string.h>
 
+#include "auth_penalty.h"
 #include "base64.h"
 #include "log.h"
 #include "metrics.h"
@@ -56,18 +57,51 @@ void session_cmd_user(struct session *s, const struct pop3_command *cmd)
     session_reply(s, true, NULL, "Send your password");
 }
 
+/* The answer to a failed login, once its delay is over. */
+static void auth_failed_reply(struct session *s, const char *code, const char *text)
+{
+    session_reply(s, false, code, text);
+    if (s->auth_failures >= s->cfg->limits.max_auth_failures) {
+        session_log(s, "event=too_many_auth_failures count=%u", s->auth_failures);
+        s->flush_close = true;
+        s->result = "auth_failed";
+    }
+}
+
+void session_auth_delay_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct session *s = w->data;
+    auth_failed_reply(s, s->auth_delay_code, s->auth_delay_text);
+    session_job_done(s);
+}
+
+/* code and text are static strings. A refused login ([AUTH]) is answered after a delay
+ * that grows with the failures from the client's address (guessing passwords gets slow);
+ * meanwhile the session reads no command. */
 static void auth_failed(struct session *s, const char *code, const char *text)
 {
     s->auth_failures++;
     clear_user(s);
     s->upstream_cfg = NULL;
     s->sasl = SASL_NONE;
-    session_reply(s, false, code, text);
-    if (s->auth_failures >= SESSION_MAX_AUTH_FAILURES) {
-        session_log(s, "event=too_many_auth_failures count=%u", s->auth_failures);
-        s->flush_close = true;
-        s->result = "auth_failed";
+    const struct config_limits *l = &s->cfg->limits;
+    uint32_t delay = 0;
+    if (strcmp(code, "AUTH") == 0)
+        delay = auth_penalty_fail((const struct sockaddr *)&s->client_addr,
+                                  (int64_t)(ev_now(s->loop) * 1000), l->auth_failure_delay,
+                                  l->auth_failure_delay_max);
+    if (delay == 0) {
+        auth_failed_reply(s, code, text);
+        return;
     }
+    session_log(s, "event=auth_delay seconds=%u", delay);
+    s->auth_delay_code = code;
+    s->auth_delay_text = text;
+    s->job = JOB_AUTH_DELAY;
+    ev_timer_set(&s->auth_delay, (ev_tstamp)delay, 0.);
+    ev_timer_start(s->loop, &s->auth_delay);
 }
 
 /* Routes s->user and opens its upstream; NULL (after answering the client) on failure. */
@@ -362,6 +396,7 @@ void session_drop_upstream(struct session *s)
 void session_login_ready(struct session *s)
 {
     s->state = SESSION_TRANSACTION;
+    upstream_set_keepalive(s->up, s->cfg->limits.upstream_keepalive);
     uint32_t count;
     uint64_t octets;
     maildrop_stat(s->md, &count, &octets);
@@ -422,7 +457,7 @@ static bool login_done(struct session *s, enum upstream_status st, const char *d
         auth_failed(s, "AUTH", "Authentication failed");
     else
         auth_failed(s, "SYS/TEMP", "Mail server temporarily unavailable, try again later");
-    return true;
+    return s->job != JOB_AUTH_DELAY; /* the delay's end ends the job */
 }
 
 static void up_done(void *ctx, enum upstream_status st, const char *raw_detail)

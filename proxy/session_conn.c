@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "conn_limit.h"
 #include "log.h"
 #include "proxy_protocol.h"
 #include "session_int.h"
@@ -92,6 +93,37 @@ static void take_proxy_info(struct session *s, const struct proxy_protocol_info 
 }
 
 /*
+ * The PROXY header named the real client: counts the session under its address
+ * (the listener counted it in the total only). Returns false when the per-address
+ * limit turned it away: a plain listener answers [SYS/TEMP] first, an implicit-TLS
+ * one closes before the handshake.
+ */
+static bool admit_real_client(struct session *s, const struct proxy_protocol_info *info)
+{
+    /* LOCAL / UNKNOWN headers (the balancer's health checks) name no client. */
+    if (info->family != AF_INET && info->family != AF_INET6)
+        return true;
+    uint64_t key = conn_limit_key(&s->client_addr);
+    enum conn_limit_verdict v = conn_limit_admit_address(&s->cfg->limits, key);
+    if (v == CONN_LIMIT_OK) {
+        s->conn_limit_key = key;
+        return true;
+    }
+    session_log(s, "event=connection_refused reason=\"%s\" limit=%u", conn_limit_reason(v),
+                v == CONN_LIMIT_PER_ADDRESS ? s->cfg->limits.max_connections_per_ip
+                                            : s->cfg->limits.max_connections);
+    metrics_connection_refused(conn_limit_metrics_reason(v));
+    if (s->listener->tls == CONFIG_TLS_IMPLICIT) {
+        session_close(s, "connection_limit");
+        return false;
+    }
+    session_reply(s, false, "SYS/TEMP", "Too many connections, try again later");
+    s->flush_close = true;
+    s->result = "connection_limit";
+    return false;
+}
+
+/*
  * Reads the PROXY header with MSG_PEEK and then takes exactly its bytes, so what
  * follows (a TLS ClientHello for implicit TLS) stays in the socket for its reader.
  */
@@ -130,6 +162,8 @@ void session_conn_read_proxy(struct session *s)
     }
     s->await_proxy = false;
     take_proxy_info(s, &info);
+    if (!admit_real_client(s, &info))
+        return;
     session_conn_begin(s);
 }
 

@@ -21,8 +21,6 @@
 #define SESSION_IN_MAX 4096
 /* A command is only started with this much output room (a status line or CAPA). */
 #define SESSION_REPLY_ROOM 1024
-/* Failed logins on one connection before it is closed. */
-#define SESSION_MAX_AUTH_FAILURES 3
 /* First partial TEXT fetch for TOP; it doubles up to the maximum. */
 #define SESSION_TOP_CHUNK_MIN 16384
 #define SESSION_TOP_CHUNK_MAX (1024 * 1024)
@@ -48,7 +46,8 @@ enum session_job {
     JOB_QUIT_SEEN,
     JOB_QUIT_DELETE,
     JOB_QUIT_LOGOUT,
-    JOB_STLS, /* STLS answered: the handshake starts once the answer is written */
+    JOB_STLS,       /* STLS answered: the handshake starts once the answer is written */
+    JOB_AUTH_DELAY, /* a failed login waits for its answer (limits.auth_failure_delay) */
 };
 
 /* Where an AUTH exchange stands (RFC 5034). */
@@ -68,6 +67,7 @@ struct session {
     struct sockaddr_storage client_addr; /* the real client (from PROXY when trusted) */
     ev_timer proxy_retry;                /* PROXY header incomplete: peek again later */
     bool await_proxy;                    /* the PROXY header has not arrived yet */
+    uint64_t conn_limit_key;             /* the address conn_limit counts it under; 0: none */
 
     ev_tstamp started;
 
@@ -78,6 +78,8 @@ struct session {
     bool secure;      /* TLS is on (implicit, or after STLS) */
     bool is_loopback; /* the client connects from a loopback address */
     ev_timer idle;
+    ev_timer auth_delay; /* JOB_AUTH_DELAY: answers auth_delay_code/text when it fires */
+    const char *auth_delay_code, *auth_delay_text;
     struct buffer in, out;
     struct pop3_parser *parser;
 
@@ -227,6 +229,11 @@ void session_state_header(struct session *s, uint32_t uid, const char *p, size_t
 void session_state_headers_done(struct session *s, enum upstream_status st, const char *detail);
 /* The session ends: save what changed, then release the mailbox lock. */
 void session_state_end(struct session *s);
+
+void session_auth_delay_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Answers -ERR reason, or closes the connection once limits.max_bad_commands is spent. */
+void session_bad_command(struct session *s, const char *reason);
 
 /* session_quit.c */
 void session_cmd_quit(struct session *s);

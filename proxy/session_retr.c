@@ -15,6 +15,14 @@ static void start_fetch(struct session *s, enum session_job job, uint32_t n)
     const struct maildrop_msg *msg = session_message(s, n);
     if (msg == NULL)
         return;
+    if (msg->gone) {
+        /* Asked again for a message already found gone: a client stuck on it spends
+         * its bad-command budget instead of the server's time. */
+        char text[64];
+        snprintf(text, sizeof(text), "Message %u is no longer available", n);
+        session_bad_command(s, text);
+        return;
+    }
     s->job = job;
     s->xfer_n = n;
     s->xfer_uid = msg->uid;
@@ -139,6 +147,7 @@ void session_retr_done(struct session *s, enum upstream_status st, const char *d
         session_log(s, "event=message_gone msg=%u uid=%u reason=%s", s->xfer_n, s->xfer_uid,
                     st == UPSTREAM_NO ? detail : "\"no data in fetch reply\"");
         session_replyf(s, false, NULL, "Message %u is no longer available", s->xfer_n);
+        maildrop_set_gone(s->md, s->xfer_n);
         session_job_done(s);
         return;
     }

@@ -74,6 +74,32 @@ void upstream_set_detail(struct upstream *u, const char *fmt, ...)
  * Ends the running operation (or reports a failure between operations). A
  * failure closes the connection first, so nothing runs after the callback.
  */
+/* Idle from now: the NOOP timer runs (unless another operation started meanwhile). */
+static void arm_keepalive(struct upstream *u)
+{
+    if (u->keepalive_secs == 0 || u->closed || u->busy || u->noop)
+        return;
+    ev_timer_stop(u->loop, &u->keepalive);
+    ev_timer_set(&u->keepalive, (ev_tstamp)u->keepalive_secs, 0.);
+    ev_timer_start(u->loop, &u->keepalive);
+}
+
+static void keepalive_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct upstream *u = w->data;
+    if (u->closed || u->busy || u->noop)
+        return;
+    u->noop = true;
+    u->stage = ST_NOOP;
+    if (upstream_send_simple(u, "NOOP", NULL) < 0) {
+        upstream_fail(u, UPSTREAM_INTERNAL, "cannot send NOOP");
+        return;
+    }
+    upstream_update_io(u);
+}
+
 void upstream_finish(struct upstream *u, enum upstream_status st)
 {
     if (u->closed)
@@ -90,6 +116,7 @@ void upstream_finish(struct upstream *u, enum upstream_status st)
         u->h->done(u->ctx, st, u->detail);
     else if (fatal)
         u->h->failed(u->ctx, st, u->detail);
+    arm_keepalive(u);
 }
 
 void upstream_fail(struct upstream *u, enum upstream_status st, const char *fmt, ...)
@@ -147,6 +174,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         [ST_STORE] = "update",
         [ST_EXPUNGE] = "expunge",
         [ST_LOGOUT] = "logout",
+        [ST_NOOP] = "keepalive noop",
         [ST_CLOSED] = "closed",
     };
     const char *name = u->stage < ST_COUNT && stage_names[u->stage] ? stage_names[u->stage] : "?";
@@ -276,6 +304,52 @@ static void reselected(struct upstream *u, bool ok)
         upstream_finish(u, UPSTREAM_INTERNAL);
 }
 
+static void start_op(struct upstream *u, size_t folder, enum stage stage, const char *name,
+                     const char *args);
+static void run_command(struct upstream *u, enum stage stage, const char *name, const char *args);
+
+/* The keepalive NOOP ended (its answer does not matter): run what waited for it. */
+static void noop_done(struct upstream *u)
+{
+    u->noop = false;
+    u->stage = ST_IDLE;
+    ev_timer_stop(u->loop, &u->timer);
+    int deferred = u->deferred;
+    u->deferred = DEFER_NONE;
+    if (deferred == DEFER_NONE) {
+        arm_keepalive(u);
+        return;
+    }
+    char *args = u->op_args;
+    u->op_args = NULL;
+    if (deferred == DEFER_OP)
+        start_op(u, u->want_folder, u->op_stage, u->op_name, args);
+    else
+        run_command(u, u->op_stage, u->op_name, args);
+    free(args);
+}
+
+/* An operation asked for while the keepalive NOOP runs: kept until it ends. */
+static bool defer(struct upstream *u, int kind, size_t folder, enum stage stage, const char *name,
+                  const char *args)
+{
+    if (!u->noop)
+        return false;
+    u->busy = true;
+    u->detail[0] = '\0';
+    free(u->op_args);
+    u->op_args = NULL;
+    if (args != NULL && (u->op_args = strdup(args)) == NULL) {
+        upstream_fail(u, UPSTREAM_INTERNAL, "out of memory");
+        return true;
+    }
+    u->deferred = kind;
+    u->want_folder = folder;
+    u->op_stage = stage;
+    u->op_name = name;
+    return true;
+}
+
 static void on_tagged(struct upstream *u)
 {
     struct resp *r = &u->r;
@@ -372,6 +446,9 @@ static void on_tagged(struct upstream *u)
         return;
     case ST_LOGOUT:
         upstream_finish(u, UPSTREAM_OK);
+        return;
+    case ST_NOOP:
+        noop_done(u);
         return;
     default:
         upstream_fail(u, UPSTREAM_PROTOCOL, "tagged reply %s in an unexpected state", u->tag);
@@ -716,6 +793,9 @@ static void do_read(struct upstream *u)
         if (u->busy)
             ev_timer_again(u->loop, &u->timer);
         process_input(u);
+        /* Between commands the 64 KiB read buffer goes: idle sessions cost little. */
+        if (!u->closed && !u->busy && !u->noop && buffer_len(&u->in) == 0)
+            buffer_shrink(&u->in);
         return;
     case CONN_AGAIN:
         return;
@@ -724,8 +804,11 @@ static void do_read(struct upstream *u)
             upstream_finish(u, UPSTREAM_OK);
             return;
         }
-        upstream_fail(u, UPSTREAM_CLOSED, "%s",
-                      u->bye ? u->detail : "upstream closed the connection");
+        if (u->bye) {
+            upstream_finish(u, UPSTREAM_CLOSED); /* the detail has the server's BYE text */
+            return;
+        }
+        upstream_fail(u, UPSTREAM_CLOSED, "upstream closed the connection");
         return;
     case CONN_ERROR:
         upstream_fail(u, UPSTREAM_CLOSED, "upstream read failed: %s", strerror(errno));
@@ -888,12 +971,20 @@ struct upstream *upstream_new(struct ev_loop *loop, const struct config_upstream
     u->io.data = u;
     ev_init(&u->timer, timer_cb);
     u->timer.data = u;
+    ev_init(&u->keepalive, keepalive_cb);
+    u->keepalive.data = u;
     u->stage = ST_IDLE;
     u->selected = -1;
     static const char *const inbox[] = {"INBOX"};
     u->folder_names = inbox;
     u->nfolder_names = 1;
     return u;
+}
+
+void upstream_set_keepalive(struct upstream *u, uint32_t seconds)
+{
+    u->keepalive_secs = seconds;
+    arm_keepalive(u);
 }
 
 void upstream_want_guid(struct upstream *u, bool want)
@@ -915,6 +1006,7 @@ void upstream_close(struct upstream *u)
         return;
     ev_io_stop(u->loop, &u->io);
     ev_timer_stop(u->loop, &u->timer);
+    ev_timer_stop(u->loop, &u->keepalive);
     conn_close(&u->conn);
     upstream_forget_credentials(u);
     u->closed = true;
@@ -975,6 +1067,9 @@ bool upstream_has_uidplus(const struct upstream *u)
 static void start_op(struct upstream *u, size_t folder, enum stage stage, const char *name,
                      const char *args)
 {
+    ev_timer_stop(u->loop, &u->keepalive);
+    if (defer(u, DEFER_OP, folder, stage, name, args))
+        return;
     u->busy = true;
     u->detail[0] = '\0';
     if (folder >= u->nmdf) {
@@ -1008,6 +1103,9 @@ static void start_op(struct upstream *u, size_t folder, enum stage stage, const 
 
 static void run_command(struct upstream *u, enum stage stage, const char *name, const char *args)
 {
+    ev_timer_stop(u->loop, &u->keepalive);
+    if (defer(u, DEFER_CMD, 0, stage, name, args))
+        return;
     u->busy = true;
     u->detail[0] = '\0';
     u->stage = stage;

@@ -152,6 +152,14 @@ void upstream_batch(struct upstream *u, size_t folder, const uint32_t *uids, siz
 /* True when the server announced MOVE. */
 bool upstream_has_move(const struct upstream *u);
 
+/*
+ * From now on, send NOOP whenever the connection has been idle for seconds
+ * (0: never), so the server's autologout (30 minutes, RFC 3501 5.4) does not end
+ * a session whose client idles. Invisible to the handler: an operation started
+ * meanwhile runs after the NOOP; a NOOP that fails or times out is failed().
+ */
+void upstream_set_keepalive(struct upstream *u, uint32_t seconds);
+
 /* LOGOUT; done() when the server has answered (or closed). */
 void upstream_logout(struct upstream *u);
 

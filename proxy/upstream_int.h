@@ -46,6 +46,7 @@ enum stage {
     ST_STORE,
     ST_EXPUNGE,
     ST_LOGOUT,
+    ST_NOOP, /* keepalive between the session's commands */
     ST_CLOSED,
     ST_COUNT
 };
@@ -136,7 +137,13 @@ struct upstream {
     struct upstream_folder *mdf;
     size_t nmdf;
     int selected; /* maildrop folder index, -1 none */
-    /* The operation waiting for the SELECT of want_folder. */
+    /* Keepalive: NOOP after this many idle seconds (0 = off). An operation asked for
+     * while the NOOP runs waits for it (deferred: op_* below, with or without a folder). */
+    uint32_t keepalive_secs;
+    ev_timer keepalive;
+    bool noop;
+    enum { DEFER_NONE, DEFER_OP, DEFER_CMD } deferred;
+    /* The operation waiting for the SELECT of want_folder (or for the NOOP). */
     size_t want_folder;
     enum stage op_stage;
     const char *op_name; /* static text */

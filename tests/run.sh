@@ -101,7 +101,9 @@ integration_tests() {
     [ "$asan_popgate_ok" = 1 ] || { echo "not run: build/asan/popgate failed to build"; return 1; }
     local t rc=0
     # every file runs even when an earlier one fails
-    for t in test_core.py test_tls.py test_regressions.py test_state.py test_operator.py test_policies.py test_import.py test_rerun.py test_folders.py test_names.py; do
+    for t in test_core.py test_tls.py test_regressions.py test_state.py test_operator.py \
+        test_policies.py test_import.py test_rerun.py test_folders.py test_names.py \
+        test_faults.py test_limits.py test_conn_limits.py test_load.py; do
         # the release binary too: some checks (password wipes) need optimised code
         POPGATE_BIN="$ROOT/build/asan/popgate" POPGATE_RELEASE_BIN="$ROOT/build/release/popgate" \
             ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \

@@ -8,8 +8,11 @@ Run: POPGATE_BIN=build/asan/popgate python3 tests/integration/test_names.py -v
 """
 import base64
 import os
+import shutil
 import sys
+import tempfile
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +39,10 @@ class NameTests(unittest.TestCase):
             cls.dovecot.add_message(name, b"Subject: for %s\r\n\r\nmessage %d\r\n"
                                     % (name.encode(), i))
         cls.dovecot.start()
-        cls.popgate = harness.Popgate(cls.dovecot.port)
+        # a folder of our own above popgate's, so nothing else writes beside it
+        cls.parent = tempfile.mkdtemp(prefix="popgate-names-")
+        os.mkdir(os.path.join(cls.parent, "pg"))
+        cls.popgate = harness.Popgate(cls.dovecot.port, root=os.path.join(cls.parent, "pg"))
         cls.addClassCleanup(cls._stop)
         cls.popgate.start()
 
@@ -44,7 +50,8 @@ class NameTests(unittest.TestCase):
     def _stop(cls):
         cls.popgate.stop()
         cls.popgate.check_after_exit()
-        cls.popgate.cleanup()
+        if not os.environ.get("KEEP_TEST_DIRS"):
+            shutil.rmtree(cls.parent, ignore_errors=True)
 
     def session(self, name, password, hold=None):
         c = harness.Pop3Raw("127.0.0.1", self.popgate.port, timeout=30)
@@ -73,6 +80,12 @@ class NameTests(unittest.TestCase):
         for i, name in enumerate(HOSTILE):
             self.session(name, "pw%d" % i)
         # every name, case variants included, has a document of its own, as a plain file
+        # (saves finish on popgate's state thread after QUIT is answered: wait for them)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+                any(".tmp-" in e for e in self.state_entries()) or
+                len([e for e in self.state_entries() if e.endswith(".json")]) < len(HOSTILE)):
+            time.sleep(0.1)
         entries = self.state_entries()
         docs = [e for e in entries if e.endswith(".json")]
         self.assertEqual(len(docs), len(HOSTILE), entries)

@@ -97,11 +97,15 @@ static void run_free(struct run *r)
     r->n = 0;
 }
 
+/* The line limit run_chunks gives its parsers (limits.line_length). */
+static size_t run_line_max = POP3_LINE_MAX;
+
 /* Feeds in[0..len) as chunks ending at cuts[0..ncuts) (the last cut is len). */
 static void run_chunks(const char *in, size_t len, const size_t *cuts, size_t ncuts,
                        unsigned sasl_mask, struct run *r)
 {
-    struct pop3_parser *p = pop3_parser_new();
+    struct pop3_parser *p =
+        run_line_max == POP3_LINE_MAX ? pop3_parser_new() : pop3_parser_new_max(run_line_max);
     size_t start = 0;
 
     EXPECT(p != NULL);
@@ -389,6 +393,34 @@ START_TEST(test_line_limit)
 }
 END_TEST
 
+/* An operator's longer limit (limits.line_length), clamped to what the parser allows. */
+START_TEST(test_configured_line_limit)
+{
+    static const struct {
+        size_t asked, got;
+    } limits[] = {{512, 512}, {100, POP3_LINE_MAX}, {100000, POP3_LINE_LIMIT}};
+    for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
+        run_line_max = limits[i].asked;
+        size_t max = limits[i].got;
+        char *name = repeat('b', max - 2 - 5);
+        char *ok_line = concat("USER ", name, "\r\nSTAT\r\n");
+        char *ok_event = concat("USER(USER) <", name, ">");
+        const char *ev_ok[] = {ok_event, "STAT(STAT) <>"};
+        run_vector(ok_line, strlen(ok_line), ev_ok, 2, 0);
+        char *long_name = repeat('b', max - 2 - 5 + 1);
+        char *bad_line = concat("USER ", long_name, "\r\nSTAT\r\n");
+        const char *ev_bad[] = {"!line too long", "STAT(STAT) <>"};
+        run_vector(bad_line, strlen(bad_line), ev_bad, 2, 0);
+        free(name);
+        free(ok_line);
+        free(ok_event);
+        free(long_name);
+        free(bad_line);
+    }
+    run_line_max = POP3_LINE_MAX;
+}
+END_TEST
+
 START_TEST(test_junk_line)
 {
     /* 100 KB without LF, with NULs and CRs inside: one error, then resync. */
@@ -534,6 +566,7 @@ static Suite *pop3_parser_suite(void)
     tcase_add_test(tc, test_bad_lines);
     tcase_add_test(tc, test_invalid_characters);
     tcase_add_test(tc, test_line_limit);
+    tcase_add_test(tc, test_configured_line_limit);
     tcase_add_test(tc, test_junk_line);
     tcase_add_test(tc, test_sasl_lines);
     tcase_add_test(tc, test_slices_in_parser_buffer);

@@ -373,7 +373,25 @@ static const struct bad_case bad_cases[] = {
     {"limits array", WITH_LIMITS("[]"), F "limits: expected an object, got an array\n" ONE},
     {"limits unknown key", WITH_LIMITS("{'idle': 600}"),
      F "limits.idle: unknown key (allowed: connect_timeout, command_timeout, auth_timeout, "
-       "idle_timeout, max_bad_commands, output_buffer)\n" ONE},
+       "idle_timeout, max_bad_commands, output_buffer, line_length, max_auth_failures, "
+       "auth_failure_delay, auth_failure_delay_max, max_connections, max_connections_per_ip, "
+       "upstream_keepalive)\n" ONE},
+    {"limits new bounds",
+     WITH_LIMITS("{'line_length': 254, 'max_auth_failures': 0, 'auth_failure_delay': 61, "
+                 "'auth_failure_delay_max': 3601, 'max_connections': 0, "
+                 "'max_connections_per_ip': -1, 'upstream_keepalive': 1741}"),
+     F "limits.line_length: must be between 255 and 2048 bytes, got 254\n" F
+       "limits.max_auth_failures: must be between 1 and 100, got 0\n" F
+       "limits.auth_failure_delay: must be between 0 and 60 seconds, got 61\n" F
+       "limits.auth_failure_delay_max: must be between 0 and 3600 seconds, got 3601\n" F
+       "limits.max_connections: must be between 1 and 1000000, got 0\n" F
+       "limits.max_connections_per_ip: must be between 0 and 1000000, got -1\n" F
+       "limits.upstream_keepalive: must be between 1 and 1740 seconds, got 1741\n"
+       "popgate: 7 " ERRORS_N},
+    {"limits delay cap below the delay",
+     WITH_LIMITS("{'auth_failure_delay': 10, 'auth_failure_delay_max': 5}"),
+     F "limits.auth_failure_delay_max: must be at least auth_failure_delay (10 seconds), got "
+       "5\n" ONE},
     {"limits idle too short", WITH_LIMITS("{'idle_timeout': 5}"),
      F "limits.idle_timeout: must be between 600 and 86400 seconds, got 5\n" ONE},
     {"limits idle string", WITH_LIMITS("{'idle_timeout': '600'}"),
@@ -977,6 +995,13 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(cfg->limits.idle_timeout, 600);
     ck_assert_uint_eq(cfg->limits.max_bad_commands, 10);
     ck_assert_uint_eq(cfg->limits.output_buffer, 65536);
+    ck_assert_uint_eq(cfg->limits.line_length, 255);
+    ck_assert_uint_eq(cfg->limits.max_auth_failures, 3);
+    ck_assert_uint_eq(cfg->limits.auth_failure_delay, 2);
+    ck_assert_uint_eq(cfg->limits.auth_failure_delay_max, 15);
+    ck_assert_uint_eq(cfg->limits.max_connections, 10000);
+    ck_assert_uint_eq(cfg->limits.max_connections_per_ip, 100);
+    ck_assert_uint_eq(cfg->limits.upstream_keepalive, 1500);
 
     config_free(&cfg);
     ck_assert_ptr_null(cfg);
