@@ -49,7 +49,12 @@ struct imap_parser {
     size_t code_name_len; /* where NAME ends and args begin in tok */
     uint64_t lit_left;    /* size while reading the header, then bytes still to hand on */
     const char *error;
-    char tok[IMAP_TOKEN_MAX];
+    /* The token: in small, or in a heap block of IMAP_TOKEN_MAX while a response has
+     * a longer one (a capability list, a long text), freed at the response's end, so
+     * an idle connection keeps only the small buffer. */
+    char *tok;
+    size_t tok_cap;
+    char small[IMAP_TOKEN_SMALL];
 };
 
 struct imap_parser *imap_parser_new(void)
@@ -59,11 +64,23 @@ struct imap_parser *imap_parser_new(void)
     if (p == NULL)
         return NULL;
     p->state = S_TAG;
+    p->tok = p->small;
+    p->tok_cap = sizeof(p->small);
     return p;
+}
+
+static void release_token(struct imap_parser *p)
+{
+    if (p->tok != p->small)
+        free(p->tok);
+    p->tok = p->small;
+    p->tok_cap = sizeof(p->small);
 }
 
 void imap_parser_free(struct imap_parser **p)
 {
+    if (*p != NULL)
+        release_token(*p);
     free(*p);
     *p = NULL;
 }
@@ -84,6 +101,14 @@ static enum step push(struct imap_parser *p, unsigned char c)
 {
     if (p->tok_len == IMAP_TOKEN_MAX)
         return fail(p, "token longer than IMAP_TOKEN_MAX");
+    if (p->tok_len == p->tok_cap) {
+        char *big = malloc(IMAP_TOKEN_MAX);
+        if (big == NULL)
+            return fail(p, "out of memory for a token");
+        memcpy(big, p->tok, p->tok_len);
+        p->tok = big;
+        p->tok_cap = IMAP_TOKEN_MAX;
+    }
     p->tok[p->tok_len++] = (char)c;
     return STEP_TAKE;
 }
@@ -172,6 +197,7 @@ static enum step step_eol(struct imap_parser *p, unsigned char c, struct imap_ev
     ev->type = IMAP_EV_END;
     start_token(p, S_TAG);
     p->depth = 0;
+    release_token(p); /* nothing of this response is referenced from here on */
     return STEP_TAKE_EMIT;
 }
 

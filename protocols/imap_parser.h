@@ -10,6 +10,8 @@
 
 /* The longest single token (atom, quoted string, response code, text) kept whole. */
 #define IMAP_TOKEN_MAX 16384
+/* Tokens up to this size need no allocation beyond the parser itself. */
+#define IMAP_TOKEN_SMALL 256
 /* The most bytes outside literals one response may have before it is an error. */
 #define IMAP_LINE_MAX 65536
 /* Deepest nesting of parenthesized lists. */

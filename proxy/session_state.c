@@ -16,6 +16,8 @@
 /* A busy mailbox is tried again this often, this many times (on the state thread). */
 #define STATE_LOCK_RETRIES  10
 #define STATE_LOCK_RETRY_NS 25000000L
+/* Without LOGIN-DELAY, last_login is written at least this often (seconds). */
+#define STATE_LAST_LOGIN_EVERY 3600
 /* The longest UID set of new messages asked for in one header fetch. */
 #define SESSION_STATE_SET_MAX 8000
 
@@ -137,7 +139,8 @@ static int state_folders(struct session *s, struct state_doc *doc, uint16_t *idx
 }
 
 /* Gives each message its UIDL and leaves out the hidden ones: the session's snapshot. */
-static int apply_state(struct session *s, struct state_doc *doc, const char **error_r)
+static int apply_state(struct session *s, struct state_doc *doc, bool *changed_r,
+                       const char **error_r)
 {
     const uint32_t n = maildrop_count(s->md);
     const size_t nf = maildrop_folder_count(s->md);
@@ -179,8 +182,11 @@ static int apply_state(struct session *s, struct state_doc *doc, const char **er
     if (uidl_assign(doc, af, nf, &cfg, uidls, hidden, &stats, error_r) < 0)
         goto out;
     /* Messages gone from the server leave the state. */
+    size_t before = doc->nmsgs;
     for (size_t f = 0; f < nf; f++)
         state_doc_prune(doc, sf[f], uids + (af[f].msgs - msgs), af[f].nmsgs);
+    /* Only UIDLs kept as recorded and nothing pruned: the document is as it was. */
+    *changed_r = doc->nmsgs != before || stats.kept != n || doc->first_login == 0;
     /* window "since_first_login": what the mailbox held at the first POP3 login stays for
      * IMAP only ("POP for mail from now on"). */
     if (s->mapping->window_since_first_login && doc->first_login == 0) {
@@ -260,7 +266,8 @@ static void finish_login_state(struct session *s, struct state_job *j)
     s->state_job = NULL;
     s->state_job_owned = false;
     const char *error = NULL;
-    int rc = apply_state(s, j->doc, &error);
+    bool changed = false;
+    int rc = apply_state(s, j->doc, &changed, &error);
     session_state_free_headers(s);
     if (rc < 0) {
         session_log(s, "event=login_failed reason=\"state: %s\"", error);
@@ -274,9 +281,13 @@ static void finish_login_state(struct session *s, struct state_job *j)
     time_t now = time(NULL);
     if (j->doc->first_login == 0)
         j->doc->first_login = now;
+    /* A device polling an unchanged mailbox costs no write (two fsyncs): last_login is
+     * exact where LOGIN-DELAY needs it, else written with the next change or hourly. */
+    if (s->mapping->login_delay > 0 || now - j->doc->last_login >= STATE_LAST_LOGIN_EVERY)
+        changed = true;
     j->doc->last_login = now;
     j->session = NULL;
-    if (state_worker_submit(save_work, save_done, j) < 0)
+    if (!changed || state_worker_submit(save_work, save_done, j) < 0)
         job_free(j);
     session_login_ready(s);
 }
