@@ -124,6 +124,14 @@ memory_test() {
         timeout 600 "$PYTHON" tests/integration/test_memory.py -v
 }
 
+bench_smoke() {
+    [ "$release_ok" = 1 ] || { echo "not run: build/release failed"; return 1; }
+    # fails only on a broken benchmark (errors, wrong bytes), never on a missed target;
+    # the full run is python3 tests/bench/bench.py (about 16 minutes)
+    POPGATE_RELEASE_BIN="$ROOT/build/release/popgate" \
+        timeout 300 "$PYTHON" tests/bench/bench.py --smoke
+}
+
 run_group "install-deps" install_deps
 if [ "$failed" -ne 0 ]; then
     summary
@@ -135,6 +143,7 @@ run_group "unit tests (ctest, asan)" unit_tests
 run_group "clang-format" format_check
 run_group "integration tests (Dovecot, asan popgate)" integration_tests
 run_group "memory test (release popgate, 200 MB message)" memory_test
+run_group "benchmark smoke (release popgate against direct IMAP)" bench_smoke
 run_group "fuzz smoke (libFuzzer, every target)" fuzz_smoke
 
 summary
