@@ -356,8 +356,11 @@ class BenchPopgate(harness.Popgate):
             "routes": [{"default": True, "upstream": "main"}],
             "state": {"dir": self.state_dir},
         }
+        # every benchmark client comes from 127.0.0.1: no per-address limit, room for the
+        # idle phase's sessions
+        cfg["limits"] = {"max_connections_per_ip": 0, "max_connections": 100000}
         if OUTPUT_BUFFER:
-            cfg["limits"] = {"output_buffer": OUTPUT_BUFFER}
+            cfg["limits"]["output_buffer"] = OUTPUT_BUFFER
         return cfg
 
 
