@@ -93,6 +93,13 @@ void conn_close(struct conn *c)
         c->ops->close(c);
 }
 
+void conn_set_nodelay(int fd)
+{
+    int one = 1;
+    /* Replies are small and latency matters; the data path writes big chunks anyway. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 int conn_prepare_fd(int fd)
 {
     int flags = fcntl(fd, F_GETFL);
@@ -100,9 +107,7 @@ int conn_prepare_fd(int fd)
         return -1;
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
         return -1;
-    int one = 1;
-    /* Replies are small and latency matters; the data path writes big chunks anyway. */
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    conn_set_nodelay(fd);
     return 0;
 }
 

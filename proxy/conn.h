@@ -88,6 +88,8 @@ void conn_close(struct conn *c);
 
 /* Sets O_NONBLOCK and FD_CLOEXEC, and TCP_NODELAY for TCP sockets. Returns 0 or -1. */
 int conn_prepare_fd(int fd);
+/* TCP_NODELAY on a socket made non-blocking and close-on-exec by accept4/socket. */
+void conn_set_nodelay(int fd);
 
 /* Formats a socket address as "192.0.2.7:51234" or "[2001:db8::1]:51234". */
 void conn_format_addr(const void *sockaddr, char *out, size_t cap);

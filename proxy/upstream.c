@@ -914,16 +914,12 @@ void upstream_try_connect(struct upstream *u)
 {
     for (; u->addr_index < u->cfg->naddrs; u->addr_index++) {
         const struct sockaddr_storage *sa = &u->cfg->addrs[u->addr_index];
-        int fd = socket(sa->ss_family, SOCK_STREAM, 0);
+        int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             upstream_set_detail(u, "socket: %s", strerror(errno));
             continue;
         }
-        if (conn_prepare_fd(fd) < 0) {
-            upstream_set_detail(u, "socket setup: %s", strerror(errno));
-            close(fd);
-            continue;
-        }
+        conn_set_nodelay(fd);
         conn_init_plain(&u->conn, fd);
         u->io_events = -1; /* force set_events to point the watcher at the new fd */
         if (connect(fd, (const struct sockaddr *)sa, u->cfg->addr_lens[u->addr_index]) == 0 ||
