@@ -217,6 +217,39 @@ void state_doc_free(struct state_doc **docp)
     *docp = NULL;
 }
 
+/* A copy of n elements of size each, or NULL (also for n == 0). */
+static void *memdup_n(const void *src, size_t n, size_t size, bool *failed)
+{
+    if (n == 0 || src == NULL)
+        return NULL;
+    void *p = malloc(n * size);
+    if (p == NULL)
+        *failed = true;
+    else
+        memcpy(p, src, n * size);
+    return p;
+}
+
+struct state_doc *state_doc_dup(const struct state_doc *doc)
+{
+    struct state_doc *d = malloc(sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    bool failed = false;
+    *d = *doc;
+    d->user = doc->user != NULL ? strdup(doc->user) : NULL;
+    failed = doc->user != NULL && d->user == NULL;
+    d->folders = memdup_n(doc->folders, doc->nfolders, sizeof(*doc->folders), &failed);
+    d->msgs = memdup_n(doc->msgs, doc->nmsgs, sizeof(*doc->msgs), &failed);
+    d->msgs_alloc = d->msgs != NULL ? doc->nmsgs : 0;
+    d->legacy = memdup_n(doc->legacy, doc->nlegacy, sizeof(*doc->legacy), &failed);
+    if (failed) {
+        state_doc_free(&d);
+        return NULL;
+    }
+    return d;
+}
+
 /* ---- parsing ---- */
 
 /* A JSON integer in [min, max], or an error naming path. */

@@ -63,6 +63,9 @@ struct state_doc {
 struct state_doc *state_doc_new(const char *user, size_t user_len);
 void state_doc_free(struct state_doc **doc);
 
+/* A deep copy of doc (owned by the caller), or NULL when out of memory. */
+struct state_doc *state_doc_dup(const struct state_doc *doc);
+
 /*
  * Parses a document; *doc_r is the caller's. Strict: unknown top-level keys are
  * errors unless named "x-..." (those are ignored and not written back); unknown

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -32,9 +33,33 @@
 /* Attempts at a free "<name>.corrupt-<time>[-<n>]". */
 #define CORRUPT_NAME_TRIES 100
 
+/*
+ * Parsed documents kept for the next load of the same file. A save always puts a new
+ * file in place by rename, so a file whose inode, size and times are those of the
+ * entry holds what the entry holds, whoever wrote it; anything else is read again.
+ */
+#define STATE_CACHE_ENTRIES 64
+/* At about 112 bytes a message: some 29 MB per process at most; one document may take
+ * half of it (a 100,000-message mailbox fits). */
+#define STATE_CACHE_MSGS 262144
+
+struct cache_entry {
+    char name[STATE_STORE_NAME_MAX + SUFFIX_MAX]; /* "" = free */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    struct state_doc *doc;
+    uint64_t used; /* for least-recently-used eviction */
+};
+
 struct state_store {
     int dirfd; /* every file is reached relative to it: no path is joined or followed */
     char *dir; /* for messages */
+    pthread_mutex_t cache_lock; /* loads and saves may run on several threads */
+    struct cache_entry cache[STATE_CACHE_ENTRIES];
+    size_t cache_msgs;
+    uint64_t cache_clock;
 };
 
 struct state_lock {
@@ -176,6 +201,7 @@ struct state_store *state_store_open(const char *dir, char *err, size_t cap)
         return NULL;
     }
     remove_stale_tmp(st->dirfd);
+    pthread_mutex_init(&st->cache_lock, NULL);
     return st;
 }
 
@@ -185,10 +211,110 @@ void state_store_close(struct state_store **stp)
 
     if (st == NULL)
         return;
+    for (size_t i = 0; i < STATE_CACHE_ENTRIES; i++)
+        state_doc_free(&st->cache[i].doc);
+    pthread_mutex_destroy(&st->cache_lock);
     close(st->dirfd);
     free(st->dir);
     free(st);
     *stp = NULL;
+}
+
+static bool same_file(const struct cache_entry *e, const struct stat *sb)
+{
+    return e->dev == sb->st_dev && e->ino == sb->st_ino && e->size == sb->st_size &&
+           e->mtime.tv_sec == sb->st_mtim.tv_sec && e->mtime.tv_nsec == sb->st_mtim.tv_nsec &&
+           e->ctime.tv_sec == sb->st_ctim.tv_sec && e->ctime.tv_nsec == sb->st_ctim.tv_nsec;
+}
+
+static void cache_drop_entry(struct state_store *st, struct cache_entry *e)
+{
+    if (e->doc != NULL)
+        st->cache_msgs -= e->doc->nmsgs;
+    state_doc_free(&e->doc);
+    e->name[0] = '\0';
+}
+
+/* The cached document of file name as sb describes it, copied; NULL on a miss. A
+ * stale entry of that name is dropped. */
+static struct state_doc *cache_get(struct state_store *st, const char *name, const struct stat *sb)
+{
+    struct state_doc *copy = NULL;
+    pthread_mutex_lock(&st->cache_lock);
+    for (size_t i = 0; i < STATE_CACHE_ENTRIES; i++) {
+        struct cache_entry *e = &st->cache[i];
+        if (strcmp(e->name, name) != 0)
+            continue;
+        if (same_file(e, sb)) {
+            copy = state_doc_dup(e->doc);
+            e->used = ++st->cache_clock;
+        } else {
+            cache_drop_entry(st, e);
+        }
+        break;
+    }
+    pthread_mutex_unlock(&st->cache_lock);
+    return copy;
+}
+
+/* Forgets file name (its document changed, or the file went aside). */
+static void cache_drop(struct state_store *st, const char *name)
+{
+    pthread_mutex_lock(&st->cache_lock);
+    for (size_t i = 0; i < STATE_CACHE_ENTRIES; i++)
+        if (strcmp(st->cache[i].name, name) == 0)
+            cache_drop_entry(st, &st->cache[i]);
+    pthread_mutex_unlock(&st->cache_lock);
+}
+
+/* Keeps a copy of doc as the content of file name as sb describes it (best effort:
+ * out of memory or a document too big simply leaves it uncached). */
+static void cache_put(struct state_store *st, const char *name, const struct stat *sb,
+                      const struct state_doc *doc)
+{
+    if (doc->nmsgs > STATE_CACHE_MSGS / 2 || strlen(name) >= sizeof(st->cache[0].name))
+        return;
+    struct state_doc *copy = state_doc_dup(doc);
+    if (copy == NULL)
+        return;
+    pthread_mutex_lock(&st->cache_lock);
+    struct cache_entry *slot = NULL;
+    for (size_t i = 0; i < STATE_CACHE_ENTRIES; i++)
+        if (strcmp(st->cache[i].name, name) == 0)
+            cache_drop_entry(st, &st->cache[i]);
+    /* Room: evict the least recently used until the new one fits. */
+    for (;;) {
+        struct cache_entry *oldest = NULL;
+        slot = NULL;
+        for (size_t i = 0; i < STATE_CACHE_ENTRIES; i++) {
+            struct cache_entry *e = &st->cache[i];
+            if (e->name[0] == '\0') {
+                slot = slot != NULL ? slot : e;
+                continue;
+            }
+            if (oldest == NULL || e->used < oldest->used)
+                oldest = e;
+        }
+        if (slot != NULL && st->cache_msgs + copy->nmsgs <= STATE_CACHE_MSGS)
+            break;
+        if (oldest == NULL)
+            break;
+        cache_drop_entry(st, oldest);
+    }
+    if (slot != NULL && st->cache_msgs + copy->nmsgs <= STATE_CACHE_MSGS) {
+        snprintf(slot->name, sizeof(slot->name), "%s", name);
+        slot->dev = sb->st_dev;
+        slot->ino = sb->st_ino;
+        slot->size = sb->st_size;
+        slot->mtime = sb->st_mtim;
+        slot->ctime = sb->st_ctim;
+        slot->doc = copy;
+        slot->used = ++st->cache_clock;
+        st->cache_msgs += copy->nmsgs;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&st->cache_lock);
+    state_doc_free(&copy);
 }
 
 /* Reads a whole regular file; *buf_r is malloc'd. */
@@ -332,6 +458,16 @@ int state_store_load(struct state_store *st, const char *user, size_t len, struc
         state_doc_free(&fresh);
         return -1;
     }
+    struct stat sb;
+    bool have_sb = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+    if (have_sb && (doc = cache_get(st, name, &sb)) != NULL && strlen(doc->user) == len &&
+        memcmp(doc->user, user, len) == 0) {
+        close(fd);
+        state_doc_free(&fresh);
+        *doc_r = doc;
+        return 0;
+    }
+    state_doc_free(&doc);
     if (read_file(st, fd, name, &buf, &blen, err, ecap) != 0) {
         close(fd);
         state_doc_free(&fresh);
@@ -343,6 +479,8 @@ int state_store_load(struct state_store *st, const char *user, size_t len, struc
         if (strlen(doc->user) == len && memcmp(doc->user, user, len) == 0) {
             free(buf);
             state_doc_free(&fresh);
+            if (have_sb)
+                cache_put(st, name, &sb, doc);
             *doc_r = doc;
             return 0;
         }
@@ -356,6 +494,7 @@ int state_store_load(struct state_store *st, const char *user, size_t len, struc
     }
     free(buf);
 
+    cache_drop(st, name);
     if (move_aside(st, base, name, moved, sizeof(moved), err, ecap) != 0) {
         state_doc_free(&fresh);
         return -1;
@@ -436,6 +575,12 @@ int state_store_save(struct state_store *st, const struct state_doc *doc, char *
         errf(err, cap, "%s/%s: %s: %s", st->dir, tmp, step, strerror(saved_errno));
         return -1;
     }
+    /* The next load of this user finds what was just written without reading it. */
+    struct stat sb;
+    if (fstatat(st->dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode))
+        cache_put(st, name, &sb, doc);
+    else
+        cache_drop(st, name);
     /* Without it, a power cut may bring the old directory entry back. */
     if (fsync(st->dirfd) != 0) {
         errf(err, cap, "%s: fsync after renaming %s: %s", st->dir, name, strerror(errno));

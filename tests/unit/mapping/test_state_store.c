@@ -509,6 +509,72 @@ START_TEST(test_save_load_round_trip)
 }
 END_TEST
 
+/* Writes text as name's file by a temporary file and rename, as another process would. */
+static void replace_file(const char *name, const char *text)
+{
+    char path[512], tmp[520];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(tmp, sizeof(tmp), "%s.other", path);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+/* Loads of an unchanged file come from the store's cache: always a copy of what the file
+ * holds, never what a caller did to an earlier copy, and never stale after another
+ * process (or a second store) replaced the file. */
+START_TEST(test_cache_follows_the_file)
+{
+    struct state_store *st = open_store(), *other = open_store();
+    struct state_doc *doc = load(st, "carol"), *a, *b;
+    ck_assert_int_eq(state_doc_folder(doc, "INBOX"), 0);
+    struct state_msg *m = state_doc_upsert(doc, 0, 7);
+    strcpy(m->uidl, "seven");
+    ck_assert_int_eq(state_store_save(st, doc, err, sizeof(err)), 0);
+
+    a = load(st, "carol");
+    ck_assert_str_eq(a->msgs[0].uidl, "seven");
+    strcpy(a->msgs[0].uidl, "changed");
+    a->last_login = 99;
+    b = load(st, "carol");
+    ck_assert_str_eq(b->msgs[0].uidl, "seven");
+    ck_assert_int_eq(b->last_login, 0);
+    ck_assert_ptr_ne(a->msgs, b->msgs);
+    state_doc_free(&a);
+    state_doc_free(&b);
+
+    /* Another store (another worker) saves: the first sees the new document. */
+    a = load(other, "carol");
+    strcpy(a->msgs[0].uidl, "eight");
+    ck_assert_int_eq(state_store_save(other, a, err, sizeof(err)), 0);
+    state_doc_free(&a);
+    b = load(st, "carol");
+    ck_assert_str_eq(b->msgs[0].uidl, "eight");
+    state_doc_free(&b);
+
+    /* A file of the same size written by someone else is read again too. */
+    replace_file("carol.json", "{\"version\": 1, \"user\": \"carol\", \"folders\": "
+                               "[{\"name\": \"INBOX\", \"uidvalidity\": 0}], \"messages\": "
+                               "[{\"f\": 0, \"uid\": 7, \"uidl\": \"nine!\", \"size\": 0}]}");
+    b = load(st, "carol");
+    ck_assert_str_eq(b->msgs[0].uidl, "nine!");
+    state_doc_free(&b);
+
+    /* A corrupt replacement is moved aside, not served from the cache. */
+    replace_file("carol.json", "{ not json");
+    b = load(st, "carol");
+    ck_assert_uint_eq(b->nmsgs, 0);
+    ck_assert_str_ne(warn, "");
+    state_doc_free(&b);
+
+    state_doc_free(&doc);
+    state_store_close(&other);
+    state_store_close(&st);
+}
+END_TEST
+
 START_TEST(test_corrupt_moved_aside)
 {
     struct state_store *st = open_store();
@@ -960,6 +1026,7 @@ static Suite *state_store_suite(void)
     tcase_add_test(files, test_names_stay_inside);
     tcase_add_test(files, test_open);
     tcase_add_test(files, test_load_missing);
+    tcase_add_test(files, test_cache_follows_the_file);
     tcase_add_test(files, test_save_load_round_trip);
     tcase_add_test(files, test_corrupt_moved_aside);
     tcase_add_test(files, test_user_mismatch);
