@@ -765,6 +765,24 @@ static int assign_all(struct ctx *c, const char **error_r)
     return 0;
 }
 
+/* True when build_state would give doc->msgs back unchanged: every message kept its
+ * recorded entry, with the same size and Message-ID hash, and no folder was replaced. */
+static bool unchanged(const struct ctx *c)
+{
+    for (size_t fi = 0; fi < c->nfolders; fi++)
+        if (c->replaced[c->folders[fi].folder])
+            return false;
+    for (size_t i = 0; i < c->nitems; i++) {
+        const struct item *it = &c->items[i];
+        if (it->src != SRC_KEPT || it->collided || it->old == NULL ||
+            it->old->size != it->msg->size ||
+            (it->msg->msgid_hash != 0 && it->old->msgid_hash != it->msg->msgid_hash) ||
+            strcmp(it->old->uidl, c->uidls[it->out]) != 0)
+            return false;
+    }
+    return true;
+}
+
 static void item_entry(const struct ctx *c, const struct item *it, struct state_msg *m)
 {
     if (it->old != NULL)
@@ -869,8 +887,10 @@ int uidl_assign(struct state_doc *doc, const struct uidl_assign_folder *folders,
     }
     if (match_legacy(&c, error_r) < 0 || assign_all(&c, error_r) < 0)
         goto fail;
-    msgs = build_state(&c, &nmsgs, &msgs_alloc);
-    if (msgs == NULL) {
+    /* A login that finds every message as recorded leaves doc->msgs as it is: a big
+     * mailbox then costs no new array (and no page faults) per login. */
+    bool same = unchanged(&c);
+    if (!same && (msgs = build_state(&c, &nmsgs, &msgs_alloc)) == NULL) {
         *error_r = "out of memory";
         goto fail;
     }
@@ -907,10 +927,12 @@ int uidl_assign(struct state_doc *doc, const struct uidl_assign_folder *folders,
     }
     for (size_t fi = 0; fi < nfolders; fi++)
         doc->folders[folders[fi].folder].uidvalidity = folders[fi].uidvalidity;
-    free(doc->msgs);
-    doc->msgs = msgs;
-    doc->nmsgs = nmsgs;
-    doc->msgs_alloc = msgs_alloc;
+    if (!same) {
+        free(doc->msgs);
+        doc->msgs = msgs;
+        doc->nmsgs = nmsgs;
+        doc->msgs_alloc = msgs_alloc;
+    }
     if (stats_r != NULL)
         *stats_r = c.stats;
     ctx_free(&c);

@@ -145,7 +145,8 @@ static int apply_state(struct session *s, struct state_doc *doc, bool *changed_r
     const uint32_t n = maildrop_count(s->md);
     const size_t nf = maildrop_folder_count(s->md);
     struct uidl_assign_msg *msgs = calloc(n ? n : 1, sizeof(*msgs));
-    char(*uidls)[UIDL_MAX + 1] = calloc(n ? n : 1, sizeof(*uidls));
+    /* uidl_assign writes every entry: no need to clear 71 bytes a message first. */
+    char(*uidls)[UIDL_MAX + 1] = malloc((n ? n : 1) * sizeof(*uidls));
     bool *hidden = calloc(n ? n : 1, sizeof(*hidden));
     uint32_t *uids = calloc(n ? n : 1, sizeof(*uids));
     struct uidl_assign_folder *af = calloc(nf ? nf : 1, sizeof(*af));
