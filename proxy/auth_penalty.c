@@ -1,13 +1,9 @@
 /* The auth penalty table: recent failed logins per client address, shared by the workers. */
 #include "auth_penalty.h"
 
-#include <netinet/in.h>
 #include <stdatomic.h>
-#include <stdbool.h>
 #include <string.h>
 #include <sys/mman.h>
-
-#include "uidl.h"
 
 struct slot {
     _Atomic uint64_t key; /* hash of the address; 0 = free */
@@ -28,29 +24,10 @@ int auth_penalty_init(void)
     return 0;
 }
 
-/* The address without its port; IPv4-mapped IPv6 counts as the IPv4 address. */
-static uint64_t address_key(const struct sockaddr *addr)
+uint32_t auth_penalty_fail(uint64_t key, int64_t now_ms, uint32_t base, uint32_t cap)
 {
-    const unsigned char *p = NULL;
-    size_t len = 0;
-    if (addr->sa_family == AF_INET) {
-        p = (const unsigned char *)&((const struct sockaddr_in *)addr)->sin_addr;
-        len = 4;
-    } else if (addr->sa_family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)addr)->sin6_addr;
-        bool mapped = IN6_IS_ADDR_V4MAPPED(a6);
-        p = a6->s6_addr + (mapped ? 12 : 0);
-        len = mapped ? 4 : 16;
-    }
-    uint64_t h = uidl_fnv1a(UIDL_FNV_OFFSET, (const char *)p, len);
-    return h != 0 ? h : 1;
-}
-
-uint32_t auth_penalty_fail(const struct sockaddr *addr, int64_t now_ms, uint32_t base, uint32_t cap)
-{
-    if (base == 0)
+    if (base == 0 || key == 0)
         return 0;
-    uint64_t key = address_key(addr);
     struct slot *s = &table[key % AUTH_PENALTY_SLOTS];
     uint32_t failures;
     if (atomic_load_explicit(&s->key, memory_order_relaxed) != key ||

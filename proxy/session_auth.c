@@ -6,6 +6,7 @@
 
 #include "auth_penalty.h"
 #include "base64.h"
+#include "conn_limit.h"
 #include "log.h"
 #include "metrics.h"
 #include "reaper.h"
@@ -89,9 +90,9 @@ static void auth_failed(struct session *s, const char *code, const char *text)
     const struct config_limits *l = &s->cfg->limits;
     uint32_t delay = 0;
     if (strcmp(code, "AUTH") == 0)
-        delay = auth_penalty_fail((const struct sockaddr *)&s->client_addr,
-                                  (int64_t)(ev_now(s->loop) * 1000), l->auth_failure_delay,
-                                  l->auth_failure_delay_max);
+        delay =
+            auth_penalty_fail(conn_limit_key(&s->client_addr), (int64_t)(ev_now(s->loop) * 1000),
+                              l->auth_failure_delay, l->auth_failure_delay_max);
     if (delay == 0) {
         auth_failed_reply(s, code, text);
         return;

@@ -819,6 +819,30 @@ def read_rss_kb(pid):
 # raw POP3 client
 
 
+class TreeRss(threading.Thread):
+    """Samples VmRSS summed over a process tree every interval seconds; .peak in kB."""
+
+    def __init__(self, pid, interval=0.05):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.stop_event = threading.Event()
+
+    def sample(self):
+        total = 0
+        for p in tree_pids(self.pid):
+            rss, _ = read_rss_kb(p)
+            total += rss or 0
+        self.peak = max(self.peak, total)
+        return total
+
+    def run(self):
+        while not self.stop_event.is_set():
+            self.sample()
+            self.stop_event.wait(self.interval)
+
+
 class Pop3Error(Exception):
     pass
 

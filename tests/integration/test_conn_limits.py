@@ -14,7 +14,6 @@ Env: POPGATE_BIN  the popgate under test (default build/asan/popgate)
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import ssl
@@ -27,6 +26,7 @@ import harness  # noqa: E402
 import tlsutil  # noqa: E402
 from harness import Pop3Raw  # noqa: E402
 from test_operator import proxy_v1, read_until_closed  # noqa: E402
+from test_operator import wait_events as operator_wait_events  # noqa: E402
 
 USER, PASSWORD = "limited", "limit-secret-3"
 REFUSED = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
@@ -55,30 +55,8 @@ def tearDownModule():
 # logs, metrics, sockets
 
 
-LOG_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def log_events(pg, event, mark=0, **match):
-    """Log lines (as {key: value}) after byte offset mark with event= and every match."""
-    out = []
-    for line in pg.log_bytes()[mark:].decode("utf-8", "replace").splitlines():
-        f = {}
-        for k, v in LOG_PAIR.findall(line):
-            if len(v) >= 2 and v[0] == v[-1] == '"':
-                v = v[1:-1]
-            f.setdefault(k, v)
-        if f.get("event") == event and all(f.get(k) == v for k, v in match.items()):
-            out.append(f)
-    return out
-
-
 def wait_events(pg, event, mark=0, count=1, timeout=15.0, **match):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = log_events(pg, event, mark, **match)
-        if len(found) >= count or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+    return operator_wait_events(pg, event, mark, count, timeout, **match)
 
 
 def metric(port, name, **labels):

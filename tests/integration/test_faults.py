@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Pop3Raw  # noqa: E402
 from fake_imap import FakeImap  # noqa: E402
+from test_regressions import dot_stuff  # noqa: E402
 
 MB = 1024 * 1024
 USER, PASSWORD = "user", "pass"
@@ -44,10 +45,6 @@ def message(i, body_lines=5, tag="m"):
 # message 2 is ~400 kB: far bigger than popgate's output buffer and the socket buffers
 # popgate fills before it stops, so "half the literal" is really mid-message
 MESSAGES = [message(1), message(2, body_lines=6000), message(3)]
-
-
-def dot_stuff(data):
-    return (b"\n" + data).replace(b"\n.", b"\n..")[1:]
 
 
 def read_to_eof(sock, timeout):
@@ -616,30 +613,6 @@ def big_message_chunks(size):
     yield b"the end\r\n"
 
 
-class TreeRss(threading.Thread):
-    """Samples VmRSS summed over a process tree."""
-
-    def __init__(self, pid, interval=0.05):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.stop_event = threading.Event()
-
-    def sample(self):
-        total = 0
-        for p in harness.tree_pids(self.pid):
-            rss, _ = harness.read_rss_kb(p)
-            total += rss or 0
-        self.peak = max(self.peak, total)
-        return total
-
-    def run(self):
-        while not self.stop_event.is_set():
-            self.sample()
-            self.stop_event.wait(self.interval)
-
-
 class ClientFaultTests(FaultCase):
     """Hostile and odd clients against a real Dovecot."""
 
@@ -703,7 +676,7 @@ class ClientFaultTests(FaultCase):
             imap_len, imap_sha = im.body_digest(uid)
         self.assertGreater(imap_len, self.BIG_MB * MB, "premise: message size")
         c = self.dlogin("noread", rcvbuf=4096, timeout=120)
-        sampler = TreeRss(self.pg.pid)
+        sampler = harness.TreeRss(self.pg.pid)
         time.sleep(0.3)
         before = sampler.sample()
         sampler.peak = 0

@@ -28,7 +28,6 @@ import re
 import resource
 import socket
 import sys
-import threading
 import time
 import unittest
 
@@ -340,28 +339,6 @@ def raise_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class TreeRss(threading.Thread):
-    def __init__(self, pid, interval=0.2):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self.stop_event = threading.Event()
-
-    def sample(self):
-        total = 0
-        for p in harness.tree_pids(self.pid):
-            rss, _ = harness.read_rss_kb(p)
-            total += rss or 0
-        self.peak = max(self.peak, total)
-        return total
-
-    def run(self):
-        while not self.stop_event.is_set():
-            self.sample()
-            self.stop_event.wait(self.interval)
-
-
 def sha(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -419,7 +396,7 @@ class LoadTest(unittest.TestCase):
         self.assertEqual(len(self.imap_before), N_CLIENTS, "premise: IMAP read")
         for i, digests in self.imap_before.items():
             self.assertEqual(len(digests), MSGS_PER_USER, "premise: %s's mailbox" % user_name(i))
-        sampler = TreeRss(pg.pid)
+        sampler = harness.TreeRss(pg.pid, interval=0.2)
         time.sleep(0.5)
         idle_kb = sampler.sample()
         sampler.peak = 0
