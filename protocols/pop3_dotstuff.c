@@ -24,15 +24,76 @@ bool pop3_dotstuff_is_done(const struct pop3_dotstuff *d)
     return d->done != 0;
 }
 
+/* One in each byte: for the word-at-a-time search of LF. */
+#define BYTES_1  0x0101010101010101ULL
+#define BYTES_80 0x8080808080808080ULL
+
+/* Nonzero when the 8 bytes may hold an LF; exact when they hold none. */
+static uint64_t word_has_lf(uint64_t w)
+{
+    uint64_t x = w ^ (BYTES_1 * '\n');
+    return (x - BYTES_1) & ~x & BYTES_80;
+}
+
+/*
+ * The length of the prefix of in[0..len) that passes unchanged: it ends before a
+ * line-start "." and before an LF without its CR. Messages are mostly such runs, so
+ * they go out with one memcpy instead of one call per line. LFs are found a word at
+ * a time; only a word that may hold one is looked at byte by byte.
+ */
+static size_t clean_prefix(const struct pop3_dotstuff *d, const char *in, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)in;
+    size_t i = 0;
+
+    if (len > 0 && d->at_line_start && p[0] == '.')
+        return 0;
+    while (i < len) {
+        if (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, p + i, sizeof(w));
+            if (word_has_lf(w) == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        size_t end = len - i >= 8 ? i + 8 : len;
+        for (; i < end; i++) {
+            if (p[i] != '\n')
+                continue;
+            bool cr = i > 0 ? p[i - 1] == '\r' : d->last_cr != 0;
+            if (!cr)
+                return i;
+            if (i + 1 < len && p[i + 1] == '.')
+                return i + 1;
+        }
+    }
+    return len;
+}
+
 size_t pop3_dotstuff_feed(struct pop3_dotstuff *d, const char *in, size_t len, size_t *consumed_r,
                           char *out, size_t cap)
 {
     size_t i = 0, o = 0;
 
-    /* One pass per line: memchr finds the LF, memcpy moves the run before it. The
-     * search never looks further than the output can take, so a small output
+    /* Clean runs go out whole; what is left is a line-start ".", a bare LF, or TOP's
+     * line counting, done a line at a time: memchr finds the LF, memcpy moves the run
+     * before it. No search looks further than the output can take, so a small output
      * buffer over a huge LF-less chunk stays linear. */
     while (i < len && !d->done && o < cap) {
+        if (!d->limited) {
+            size_t room = cap - o;
+            size_t avail = len - i;
+            size_t run = clean_prefix(d, in + i, avail < room ? avail : room);
+            if (run > 0) {
+                memcpy(out + o, in + i, run);
+                o += run;
+                i += run;
+                d->at_line_start = in[i - 1] == '\n';
+                d->last_cr = in[i - 1] == '\r';
+                continue;
+            }
+        }
         if (d->at_line_start && in[i] == '.') {
             /* The stuffed dot goes out ahead of the input dot, which then passes as
              * an ordinary byte: one byte of room is always enough to progress. */

@@ -322,6 +322,32 @@ START_TEST(test_large_chunks)
 }
 END_TEST
 
+START_TEST(test_random_against_reference)
+{
+    /* Dense CR, LF and "." at every offset: the word-at-a-time search for LF meets
+     * them at each position in a word, at chunk ends and at output ends. */
+    static const char alphabet[] = "\r\n.\r\n.ab";
+    char in[200];
+    uint64_t total;
+    unsigned seed = 12345;
+
+    for (int round = 0; round < 2000; round++) {
+        size_t len = (size_t)(rand_r(&seed) % sizeof(in)) + 1;
+        for (size_t i = 0; i < len; i++)
+            in[i] = alphabet[rand_r(&seed) % (sizeof(alphabet) - 1)];
+        struct bytes ref = reference(in, len, 0, NO_LIMIT);
+        size_t chunk = (size_t)(rand_r(&seed) % len) + 1;
+        size_t cap = (size_t)(rand_r(&seed) % (2 * len + 8)) + 1;
+        struct bytes got = stuff(in, len, 0, NO_LIMIT, chunk, cap, &total);
+        ck_assert_msg(got.len == ref.len && memcmp(got.p, ref.p, ref.len) == 0,
+                      "round %d: chunk %zu cap %zu", round, chunk, cap);
+        ck_assert_uint_eq(total, len);
+        free(got.p);
+        free(ref.p);
+    }
+}
+END_TEST
+
 static Suite *pop3_dotstuff_suite(void)
 {
     Suite *s = suite_create("pop3_dotstuff");
@@ -334,6 +360,7 @@ static Suite *pop3_dotstuff_suite(void)
     tcase_add_test(tc, test_top_limits);
     tcase_add_test(tc, test_top_state);
     tcase_add_test(tc, test_large_chunks);
+    tcase_add_test(tc, test_random_against_reference);
     suite_add_tcase(s, tc);
     return s;
 }
