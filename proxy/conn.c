@@ -83,6 +83,7 @@ void conn_init_plain(struct conn *c, int fd)
     c->impl = NULL;
     c->rd_wait = c->hs_wait = CONN_WAIT_READ;
     c->wr_wait = CONN_WAIT_WRITE;
+    c->wr_blocked = false;
     c->handshaking = false;
     c->error[0] = '\0';
 }

@@ -37,6 +37,7 @@ struct conn {
     const struct conn_ops *ops;
     void *impl; /* SSL * for TLS */
     int rd_wait, wr_wait, hs_wait;
+    bool wr_blocked;  /* the last write would have blocked: wait for wr_wait first */
     bool handshaking; /* a TLS handshake is under way: only conn_handshake() may run */
     char error[160];  /* the last TLS failure, for the log */
 };
@@ -50,7 +51,9 @@ static inline enum conn_status conn_read(struct conn *c, void *buf, size_t len, 
 
 static inline enum conn_status conn_write(struct conn *c, const void *buf, size_t len, size_t *n_r)
 {
-    return c->ops->write(c, buf, len, n_r);
+    enum conn_status st = c->ops->write(c, buf, len, n_r);
+    c->wr_blocked = st == CONN_AGAIN;
+    return st;
 }
 
 static inline enum conn_status conn_handshake(struct conn *c)

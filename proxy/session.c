@@ -17,6 +17,7 @@
 #include "proxy_protocol.h"
 #include "reaper.h"
 #include "session_int.h"
+#include "watch.h"
 
 static struct session *sessions;
 static unsigned nsessions;
@@ -173,17 +174,9 @@ static bool out_below_low_mark(const struct session *s)
     return buffer_len(&s->out) <= s->out.cap / 2;
 }
 
-/* Points the one watcher at the readiness the connection needs; (re)starts it on change. */
 static void set_events(struct session *s, int events)
 {
-    if (events == s->io_events)
-        return;
-    ev_io_stop(s->loop, &s->io);
-    if (events != 0) {
-        ev_io_set(&s->io, s->client.fd, events);
-        ev_io_start(s->loop, &s->io);
-    }
-    s->io_events = events;
+    watch_set(s->loop, &s->io, &s->io_events, s->client.fd, events);
 }
 
 /* Derives what the watcher waits for from the buffers' state (one place for it). */
@@ -216,10 +209,7 @@ void session_update_io(struct session *s)
         session_close(s, s->result != NULL ? s->result : "client_closed");
         return;
     }
-    set_events(s, (want_read ? s->client.rd_wait : 0) | (want_write ? s->client.wr_wait : 0));
-    /* TLS may hold decrypted bytes the socket will never announce again. */
-    if (want_read && conn_pending(&s->client) > 0)
-        ev_feed_event(s->loop, &s->io, s->client.rd_wait);
+    watch_conn(s->loop, &s->io, &s->io_events, &s->client, want_read, want_write);
 }
 
 static void do_write(struct session *s)

@@ -19,6 +19,7 @@
 #include "imap_parser.h"
 #include "imap_writer.h"
 #include "log.h"
+#include "watch.h"
 
 static void process_input(struct upstream *u);
 
@@ -859,14 +860,7 @@ static void connected(struct upstream *u)
 
 static void set_events(struct upstream *u, int events)
 {
-    if (events == u->io_events)
-        return;
-    ev_io_stop(u->loop, &u->io);
-    if (events != 0) {
-        ev_io_set(&u->io, u->conn.fd, events);
-        ev_io_start(u->loop, &u->io);
-    }
-    u->io_events = events;
+    watch_set(u->loop, &u->io, &u->io_events, u->conn.fd, events);
 }
 
 /* Derives what the watcher waits for from the stage and the buffers (one place for it). */
@@ -884,10 +878,7 @@ void upstream_update_io(struct upstream *u)
     }
     bool want_read = !u->paused && buffer_room(&u->in) > 0;
     bool want_write = buffer_len(&u->out) > 0;
-    set_events(u, (want_read ? u->conn.rd_wait : 0) | (want_write ? u->conn.wr_wait : 0));
-    /* TLS may hold decrypted bytes the socket will never announce again. */
-    if (want_read && conn_pending(&u->conn) > 0)
-        ev_feed_event(u->loop, &u->io, u->conn.rd_wait);
+    watch_conn(u->loop, &u->io, &u->io_events, &u->conn, want_read, want_write);
 }
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
