@@ -18,6 +18,7 @@
 #include "reaper.h"
 #include "session_int.h"
 #include "watch.h"
+#include "wipe.h"
 
 static struct session *sessions;
 static unsigned nsessions;
@@ -280,6 +281,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct session *s = w->data;
+    /* USER, PASS and AUTH lines pass through here: see wipe_stack(). */
+    bool login_secret = s->state == SESSION_AUTHORIZATION;
     if (s->await_proxy) {
         session_conn_read_proxy(s);
         session_update_io(s);
@@ -300,6 +303,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (!s->reaped && buffer_len(&s->out) > 0)
         do_write(s);
     session_update_io(s);
+    if (login_secret)
+        wipe_stack();
 }
 
 /* Whether the session waits on the upstream rather than on the client. */

@@ -20,6 +20,7 @@
 #include "imap_writer.h"
 #include "log.h"
 #include "watch.h"
+#include "wipe.h"
 
 static void process_input(struct upstream *u);
 
@@ -885,6 +886,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct upstream *u = w->data;
+    /* Until the login is done the password is in play: see wipe_stack(). */
+    bool login_secret = u->pass != NULL;
     if (u->stage == ST_CONNECTING) {
         connected(u);
     } else if (u->conn.handshaking) {
@@ -899,6 +902,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
             do_write(u);
     }
     upstream_update_io(u);
+    if (login_secret)
+        wipe_stack();
 }
 
 void upstream_try_connect(struct upstream *u)
