@@ -444,11 +444,11 @@ static bool login_done(struct session *s, enum upstream_status st, const char *d
     if (st == UPSTREAM_OK) {
         s->md = upstream_take_maildrop(s->up);
         log_missing_folders(s);
-        if (session_state_login(s) < 0)
-            session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        session_state_snapshot_ready(s);
         return false; /* the state job, or the refusal, ends the login */
     }
     session_log(s, "event=login_failed class=%s reason=%s", upstream_status_name(st), detail);
+    session_state_abandon(s);
     session_drop_upstream(s);
     metrics_login(st == UPSTREAM_AUTH ? METRICS_LOGIN_AUTH_FAILED : METRICS_LOGIN_TEMP_FAILED,
                   took);
@@ -505,6 +505,16 @@ static void up_failed(void *ctx, enum upstream_status st, const char *raw_detail
     session_log(s, "event=upstream_lost class=%s reason=%s", upstream_status_name(st), detail);
 }
 
+/* The user is who they say: the state (lock, load) comes from disk while the upstream
+ * selects and sizes the folders, instead of after. Not before: a stranger must not be
+ * able to lock a mailbox. */
+static void up_authenticated(void *ctx)
+{
+    struct session *s = ctx;
+    if (s->job == JOB_LOGIN && s->state_job == NULL)
+        (void)session_state_login(s); /* a failure is answered with the snapshot */
+}
+
 static size_t up_body_room(void *ctx)
 {
     return session_body_room(ctx);
@@ -536,6 +546,7 @@ static void up_header(void *ctx, uint32_t uid, const char *p, size_t n)
 const struct upstream_handler session_upstream_handler = {
     .done = up_done,
     .failed = up_failed,
+    .authenticated = up_authenticated,
     .body_room = up_body_room,
     .body_begin = up_body_begin,
     .body_data = up_body_data,

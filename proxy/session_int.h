@@ -218,6 +218,10 @@ void session_login_refused(struct session *s, const char *code, const char *text
 void session_state_init(struct state_store *st);
 /* Starts lock + load off the loop; session_login_ready/refused follow. -1: not started. */
 int session_state_login(struct session *s);
+/* The upstream delivered the snapshot (s->md): the login goes on when the state is here too. */
+void session_state_snapshot_ready(struct session *s);
+/* A login that ends before its state was used: the job and its lock are let go. */
+void session_state_abandon(struct session *s);
 /* The UIDL of message n (1-based) of the snapshot. */
 const char *session_state_uidl(const struct session *s, uint32_t n);
 /* Message n's real size / message n hidden from later sessions, recorded at the end. */

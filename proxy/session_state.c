@@ -361,15 +361,12 @@ static bool next_header_fetch(struct session *s, const struct state_doc *doc)
     return false;
 }
 
-static void login_state_done(void *arg)
+/* The login goes on once both the state and the snapshot are here. */
+static void login_continue(struct session *s)
 {
-    struct state_job *j = arg;
-    struct session *s = j->session;
-    if (s == NULL) {
-        job_free(j); /* the session ended meanwhile: its lock goes with the job */
-        return;
-    }
+    struct state_job *j = s->state_job;
     s->state_job = NULL;
+    s->state_job_owned = false;
     if (s->up == NULL) {
         /* The mail server went away while the state loaded. */
         session_log(s, "event=login_failed reason=\"upstream lost during login\"");
@@ -420,6 +417,45 @@ static void login_state_done(void *arg)
         return;
     }
     finish_login_state(s, j);
+}
+
+static void login_state_done(void *arg)
+{
+    struct state_job *j = arg;
+    struct session *s = j->session;
+    if (s == NULL) {
+        job_free(j); /* the session ended meanwhile: its lock goes with the job */
+        return;
+    }
+    s->state_job = j; /* back from the thread, held by the session */
+    s->state_job_owned = true;
+    if (s->md == NULL)
+        return; /* the snapshot is still on its way: session_state_snapshot_ready goes on */
+    login_continue(s);
+}
+
+void session_state_snapshot_ready(struct session *s)
+{
+    if (s->state_job == NULL && session_state_login(s) < 0) {
+        session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
+        return;
+    }
+    if (s->state_job_owned)
+        login_continue(s); /* else the job is still on the thread: its end goes on */
+}
+
+void session_state_abandon(struct session *s)
+{
+    if (s->state_job == NULL)
+        return;
+    if (s->state_job_owned) {
+        job_free(s->state_job); /* back from the thread: unlock now */
+    } else {
+        /* The login job still runs on the thread: it cleans up after itself. */
+        s->state_job->session = NULL;
+    }
+    s->state_job = NULL;
+    s->state_job_owned = false;
 }
 
 void session_state_header(struct session *s, uint32_t uid, const char *p, size_t n)
@@ -586,16 +622,7 @@ static int job_take_changes(struct state_job *j, struct session *s)
 
 void session_state_end(struct session *s)
 {
-    if (s->state_job != NULL) {
-        if (s->state_job_owned) {
-            job_free(s->state_job); /* waiting for headers: unlock now */
-        } else {
-            /* The login job still runs on the thread: it cleans up after itself. */
-            s->state_job->session = NULL;
-        }
-        s->state_job = NULL;
-        s->state_job_owned = false;
-    }
+    session_state_abandon(s);
     if (s->lock == NULL)
         return;
     /* Even with nothing to record, the unlock goes through the state thread: its queue

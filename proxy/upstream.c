@@ -397,6 +397,9 @@ static void on_tagged(struct upstream *u)
                           r->code[0] ? "]" : "", r->text);
             return;
         }
+        u->h->authenticated(u->ctx);
+        if (u->closed)
+            return;
         if (!u->caps_known) {
             u->stage = ST_POSTCAPS;
             if (upstream_send_simple(u, "CAPABILITY", NULL) < 0)

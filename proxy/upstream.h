@@ -34,6 +34,8 @@ struct upstream_handler {
     void (*done)(void *ctx, enum upstream_status st, const char *detail);
     /* The connection failed while no operation was running. */
     void (*failed)(void *ctx, enum upstream_status st, const char *detail);
+    /* The login was accepted; the folders are being selected and sized (done follows). */
+    void (*authenticated)(void *ctx);
     /* Literal bytes of the fetched section the session can take now; 0 pauses
      * reading from the server until upstream_resume(). */
     size_t (*body_room)(void *ctx);
