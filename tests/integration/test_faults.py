@@ -10,6 +10,7 @@ Run: python3 tests/integration/test_faults.py -v
 Env: POPGATE_BIN  the popgate under test (default build/asan/popgate)
 """
 
+import fcntl
 import hashlib
 import os
 import re
@@ -269,9 +270,19 @@ class LoginFaultTests(FaultCase):
                         "premise: popgate used LOGIN: %r" % fake.command_lines())
 
     def test_hang_at_select(self):
-        fake, _, _, lines = self.pass_answer("hang_select", max_seconds=COMMAND_TIMEOUT + 10,
-                                             min_seconds=COMMAND_TIMEOUT - 0.5)
+        fake, pg, _, lines = self.pass_answer("hang_select", max_seconds=COMMAND_TIMEOUT + 10,
+                                              min_seconds=COMMAND_TIMEOUT - 0.5)
         self.assertIn("class=timeout", lines[0], lines[0])
+        # The mailbox was locked once the server accepted the login (its state loads
+        # while the folders are selected): the failed login must have let it go.
+        locks = [f for f in os.listdir(pg.state_dir) if f.endswith(".lock")]
+        self.assertEqual(len(locks), 1, "premise: the login took the mailbox lock: %r"
+                         % os.listdir(pg.state_dir))
+        with open(os.path.join(pg.state_dir, locks[0]), "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.fail("the mailbox is still locked after the failed login")
 
     def test_login_works_after_fake_recovers(self):
         """Premise for the tests above: the same limits with a healthy fake log in."""
