@@ -3,6 +3,9 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "listener.h"
 #include "log.h"
@@ -14,6 +17,9 @@
 
 /* How often a draining worker looks whether its last session has ended. */
 #define WORKER_DRAIN_POLL 0.1
+/* What a worker keeps of freed memory between big logins: see keep_freed_heap(). */
+#define WORKER_MMAP_THRESHOLD (32 * 1024 * 1024)
+#define WORKER_TRIM_THRESHOLD (64 * 1024 * 1024)
 
 static struct listener **listeners;
 static size_t nlisteners;
@@ -58,6 +64,21 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
     ev_timer_start(loop, &deadline_w);
 }
 
+/*
+ * A big mailbox's login builds tens of megabytes of short-lived arrays (the snapshot,
+ * the state document, the UIDLs). glibc would return them to the kernel at free and
+ * fault them in again at the next such login: measured, that was a third of the time
+ * from PASS to STAT on 100,000 messages. Blocks up to 32 MiB come from the heap, and up
+ * to 64 MiB of freed heap stays with the worker for the next one.
+ */
+static void keep_freed_heap(void)
+{
+#ifdef __GLIBC__
+    (void)mallopt(M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD);
+    (void)mallopt(M_TRIM_THRESHOLD, WORKER_TRIM_THRESHOLD);
+#endif
+}
+
 int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen_fds)
 {
     worker_cfg = cfg;
@@ -99,6 +120,7 @@ int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_UNBLOCK, &set, NULL);
 
+    keep_freed_heap();
     ev_run(loop, 0);
 
     stop_listening();
