@@ -118,6 +118,7 @@ struct session {
     /* Per-user state (session_state.c). */
     struct state_job *state_job; /* the login's lock+load job, while it runs */
     bool state_job_owned;        /* state_job is back from the thread, held by us */
+    bool state_save_queued;      /* the login's save went to the state thread */
     bool fetching_headers;       /* the login waits for every Message-ID */
     char **xuidls;               /* X-UIDL header values by message number - 1 (reuse_xuidl) */
     size_t nxuidls;

@@ -288,7 +288,8 @@ static void finish_login_state(struct session *s, struct state_job *j)
         changed = true;
     j->doc->last_login = now;
     j->session = NULL;
-    if (!changed || state_worker_submit(save_work, save_done, j) < 0)
+    s->state_save_queued = changed && state_worker_submit(save_work, save_done, j) == 0;
+    if (!s->state_save_queued)
         job_free(j);
     session_login_ready(s);
 }
@@ -625,8 +626,14 @@ void session_state_end(struct session *s)
     session_state_abandon(s);
     if (s->lock == NULL)
         return;
-    /* Even with nothing to record, the unlock goes through the state thread: its queue
-     * is in order, so the login's save lands before anyone else can take the lock. */
+    if (!s->state_save_queued && s->nfixes == 0 && s->nhides == 0) {
+        /* Nothing to record and no save of ours in the thread's queue: a close() frees
+         * the mailbox, without a trip through the thread (a polling device's session). */
+        state_store_unlock(&s->lock);
+        return;
+    }
+    /* The unlock goes through the state thread: its queue is in order, so the login's
+     * save lands before anyone else can take the lock. */
     struct state_job *j = job_new(s);
     if (j == NULL) {
         state_store_unlock(&s->lock);
