@@ -46,13 +46,18 @@ void conn_init_plain(struct conn *c, int fd);
 
 static inline enum conn_status conn_read(struct conn *c, void *buf, size_t len, size_t *n_r)
 {
-    return c->ops->read(c, buf, len, n_r);
+    enum conn_status st = c->ops->read(c, buf, len, n_r);
+    if (st != CONN_AGAIN)
+        c->rd_wait = CONN_WAIT_READ; /* a TLS read that waited for writability is over */
+    return st;
 }
 
 static inline enum conn_status conn_write(struct conn *c, const void *buf, size_t len, size_t *n_r)
 {
     enum conn_status st = c->ops->write(c, buf, len, n_r);
     c->wr_blocked = st == CONN_AGAIN;
+    if (!c->wr_blocked)
+        c->wr_wait = CONN_WAIT_WRITE; /* a TLS write that waited for readability is over */
     return st;
 }
 

@@ -281,8 +281,6 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct session *s = w->data;
-    /* USER, PASS and AUTH lines pass through here: see wipe_stack(). */
-    bool login_secret = s->state == SESSION_AUTHORIZATION;
     if (s->await_proxy) {
         session_conn_read_proxy(s);
         session_update_io(s);
@@ -303,8 +301,6 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (!s->reaped && buffer_len(&s->out) > 0)
         do_write(s);
     session_update_io(s);
-    if (login_secret)
-        wipe_stack();
 }
 
 /* Whether the session waits on the upstream rather than on the client. */
@@ -461,6 +457,9 @@ static void process_commands(struct session *s)
      * outer loop goes on by itself, so do not recurse. */
     if (s->in_commands)
         return;
+    /* USER, PASS and AUTH lines are handled here, whichever callback got here. */
+    if (s->state == SESSION_AUTHORIZATION)
+        wipe_stack_later();
     s->in_commands = true;
     while (!s->reaped && !s->flush_close && s->job == JOB_NONE && buffer_len(&s->in) > 0 &&
            buffer_room(&s->out) >= SESSION_REPLY_ROOM) {

@@ -217,7 +217,8 @@ void session_login_refused(struct session *s, const char *code, const char *text
 
 /* session_state.c */
 void session_state_init(struct state_store *st);
-/* Starts lock + load off the loop; session_login_ready/refused follow. -1: not started. */
+/* Starts lock + load off the loop (silent: -1 when it cannot start). The login goes on
+ * when this job and the snapshot are both in (session_state_snapshot_ready). */
 int session_state_login(struct session *s);
 /* The upstream delivered the snapshot (s->md): the login goes on when the state is here too. */
 void session_state_snapshot_ready(struct session *s);

@@ -438,6 +438,8 @@ static void login_state_done(void *arg)
 void session_state_snapshot_ready(struct session *s)
 {
     if (s->state_job == NULL && session_state_login(s) < 0) {
+        session_log(s, "event=login_failed reason=\"%s\"",
+                    store == NULL ? "state store unavailable" : "cannot start the state job");
         session_login_refused(s, "SYS/TEMP", "Temporary failure, try again later");
         return;
     }
@@ -513,10 +515,8 @@ void session_state_headers_done(struct session *s, enum upstream_status st, cons
 
 int session_state_login(struct session *s)
 {
-    if (store == NULL) {
-        session_log(s, "event=login_failed reason=\"state store unavailable\"");
+    if (store == NULL)
         return -1;
-    }
     struct state_job *j = job_new(s);
     if (j == NULL)
         return -1;

@@ -889,8 +889,9 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct upstream *u = w->data;
-    /* Until the login is done the password is in play: see wipe_stack(). */
-    bool login_secret = u->pass != NULL;
+    /* The password is in play until the login is answered: see wipe_stack_later(). */
+    if (u->pass != NULL || u->pending != NULL || u->stage == ST_AUTH)
+        wipe_stack_later();
     if (u->stage == ST_CONNECTING) {
         connected(u);
     } else if (u->conn.handshaking) {
@@ -905,8 +906,6 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
             do_write(u);
     }
     upstream_update_io(u);
-    if (login_secret)
-        wipe_stack();
 }
 
 void upstream_try_connect(struct upstream *u)

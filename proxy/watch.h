@@ -14,12 +14,13 @@
 void watch_set(struct ev_loop *loop, ev_io *io, int *current, int fd, int events);
 
 /*
- * Watches c for reading when want_read and for writing when want_write. A write is
- * not waited for unless the last one would have blocked: it is fed to io instead,
- * which libev runs in this loop turn before it polls again. So output made outside
- * the connection's own callback (upstream data, a finished command) goes out at once,
- * without an epoll_ctl on and off around every reply. Decrypted TLS bytes waiting
- * inside the connection are fed as a read for the same reason.
+ * Watches c for reading when want_read and for writing when want_write. A write is not
+ * waited for unless the last one would have blocked (or the watcher already waits for
+ * it): it is fed to io instead, which libev runs in this loop turn before it polls
+ * again. So output made outside the connection's own callback (upstream data, a
+ * finished command) goes out at once, without an epoll_ctl on and off around every
+ * reply. Decrypted TLS bytes waiting inside the connection are fed as a read for the
+ * same reason.
  */
 void watch_conn(struct ev_loop *loop, ev_io *io, int *current, struct conn *c, bool want_read,
                 bool want_write);

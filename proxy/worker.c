@@ -14,6 +14,7 @@
 #include "session_int.h"
 #include "state_store.h"
 #include "state_worker.h"
+#include "wipe.h"
 
 /* How often a draining worker looks whether its last session has ended. */
 #define WORKER_DRAIN_POLL 0.1
@@ -86,6 +87,7 @@ int worker_run(struct ev_loop *loop, const struct config *cfg, const int *listen
     signal(SIGHUP, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     reaper_init(loop);
+    wipe_init(loop);
     char err[256];
     struct state_store *store = state_store_open(cfg->state_dir, err, sizeof(err));
     if (store == NULL)

@@ -5,7 +5,7 @@ Usage (from the repository root, as root, with the release build):
 
     cmake -S . -B build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPOPGATE_TESTS=OFF
     cmake --build build/release --target popgate
-    python3 tests/bench/bench.py            # full: ~16 min on 2 cores (mostly 2 x 5,000 logins)
+    python3 tests/bench/bench.py            # full: ~10 min on 2 cores (mostly 2 x 5,000 logins)
     python3 tests/bench/bench.py --smoke    # about 30 s, for CI: cannot rot
 
 Options: --rounds N (alternating rounds; medians are reported; default 3, 1 with --smoke),
