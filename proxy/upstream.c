@@ -958,7 +958,10 @@ struct upstream *upstream_new(struct ev_loop *loop, const struct config_upstream
     u->ctx = ctx;
     snprintf(u->session_id, sizeof(u->session_id), "%s", session_id);
     conn_init_plain(&u->conn, -1);
-    buffer_init(&u->in, UPSTREAM_IN_MAX, false);
+    /* A message moves through as reads of this size into output of that one. */
+    buffer_init(&u->in,
+                limits->output_buffer > UPSTREAM_IN_MAX ? limits->output_buffer : UPSTREAM_IN_MAX,
+                false);
     /* The output holds login commands: wipe it when it is released. */
     buffer_init(&u->out, UPSTREAM_OUT_MAX, true);
     ev_io_init(&u->io, io_cb, -1, 0);

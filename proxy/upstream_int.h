@@ -13,7 +13,8 @@
 #include "imap_writer.h"
 #include "upstream.h"
 
-/* Server bytes read per call; large reads keep the syscall count down on big messages. */
+/* Server bytes read per call, at least; large reads keep the syscall count down on big
+ * messages. A larger limits.output_buffer makes the reads as large. */
 #define UPSTREAM_IN_MAX (64 * 1024)
 /* Commands we queue: the largest is a login or one STORE/EXPUNGE set. */
 #define UPSTREAM_OUT_MAX (IMAP_CMD_MAX + 64)

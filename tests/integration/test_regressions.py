@@ -673,6 +673,32 @@ class SlowClientTests(RegressionCase):
         self.assert_ok(c.cmd("QUIT"), "QUIT")
 
 
+class LargeOutputBufferTests(RegressionCase):
+    """A larger limits.output_buffer makes popgate's reads from the upstream as large: a
+    message streamed through 1 MiB reads and output arrives whole and exact."""
+
+    popgate_limits = {"output_buffer": MB}
+
+    @classmethod
+    def fill_mailboxes(cls):
+        cls.dovecot.add_user("bigbuf", "bigbuf-pw")
+        # dot lines throughout, so stuffing happens across read and output boundaries
+        body = b"".join(b"%s line %07d of a message read in large pieces\r\n"
+                        % (b"." if i % 7 == 0 else b"x", i) for i in range(120000))
+        cls.dovecot.add_message("bigbuf", b"Subject: big buffers\r\n\r\n" + body)
+
+    def test_retr_through_large_reads(self):
+        with self.dovecot.imap("bigbuf", timeout=120) as im:
+            imap_len, imap_sha = im.body_digest(im.uids()[0])
+        c = self.login("bigbuf", timeout=60)
+        self.assert_ok(c.cmd("RETR 1"), "RETR 1")
+        h = hashlib.sha256()
+        length = c.read_multi_stream(h.update, timeout=120)
+        self.assertEqual(length, imap_len, "octets received vs IMAP BODY[]")
+        self.assertEqual(h.hexdigest(), imap_sha, "sha256 received vs IMAP BODY[]")
+        self.assert_ok(c.cmd("QUIT"), "QUIT")
+
+
 class SlowRelay:
     """A TCP relay in front of Dovecot that passes the server's bytes on at a fixed rate,
     so an upstream login can be made to take longer than popgate's auth_timeout while the
