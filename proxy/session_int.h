@@ -215,6 +215,14 @@ void session_body_data(struct session *s, const char *p, size_t n);
 void session_login_ready(struct session *s);
 void session_login_refused(struct session *s, const char *code, const char *text);
 
+/* session_snapshot.c */
+/* Gives each message of s->md its UIDL from doc (recording new ones there) and leaves out
+ * the hidden ones: s->md, s->uidl_arena and s->uidl_offsets become the session's snapshot.
+ * *changed_r: doc differs from what was loaded. -1 with *error_r on failure (s unchanged). */
+struct state_doc;
+int session_snapshot_apply(struct session *s, struct state_doc *doc, bool *changed_r,
+                           const char **error_r);
+
 /* session_state.c */
 void session_state_init(struct state_store *st);
 /* Starts lock + load off the loop (silent: -1 when it cannot start). The login goes on
