@@ -445,6 +445,11 @@ void conn_limit_release(uint64_t key)
         store(total, n - 1);
 }
 
+uint32_t conn_limit_bound(const struct config_limits *lim, enum conn_limit_verdict v)
+{
+    return v == CONN_LIMIT_PER_ADDRESS ? lim->max_connections_per_ip : lim->max_connections;
+}
+
 const char *conn_limit_reason(enum conn_limit_verdict v)
 {
     switch (v) {

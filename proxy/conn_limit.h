@@ -71,6 +71,10 @@ uint64_t conn_limit_address_count(uint64_t key);
 
 /* For log lines and /metrics, of a verdict other than CONN_LIMIT_OK. */
 const char *conn_limit_reason(enum conn_limit_verdict v); /* "per-address limit", ... */
+/* The configured limit a refusal hit, for the log. */
+uint32_t conn_limit_bound(const struct config_limits *lim, enum conn_limit_verdict v);
+/* What a refused client reads after -ERR [SYS/TEMP] (RFC 3206: try again later). */
+#define CONN_LIMIT_REFUSED_TEXT "Too many connections, try again later"
 enum metrics_refused conn_limit_metrics_reason(enum conn_limit_verdict v);
 
 #endif

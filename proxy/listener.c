@@ -14,6 +14,7 @@
 #include "conn_limit.h"
 #include "log.h"
 #include "metrics.h"
+#include "pop3_writer.h"
 #include "session.h"
 
 #define LISTENER_BACKLOG 1024
@@ -21,9 +22,6 @@
 #define LISTENER_ACCEPT_BURST 64
 /* Pause after running out of file descriptors, before trying again. */
 #define LISTENER_EMFILE_PAUSE 0.5
-
-/* What a client refused by a connection limit reads (RFC 3206: try again later). */
-static const char refused_reply[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
 
 struct listener {
     struct ev_loop *loop;
@@ -51,7 +49,10 @@ static void refuse(const struct listener *l, int fd, const struct sockaddr_stora
                    enum conn_limit_verdict v)
 {
     if (l->cl->tls != CONFIG_TLS_IMPLICIT) {
-        ssize_t n = send(fd, refused_reply, sizeof(refused_reply) - 1, MSG_NOSIGNAL);
+        char reply[128];
+        size_t len =
+            pop3_writer_status(reply, sizeof(reply), false, "SYS/TEMP", CONN_LIMIT_REFUSED_TEXT);
+        ssize_t n = send(fd, reply, len, MSG_NOSIGNAL);
         (void)n;
         /* Whatever the client sent (a PROXY header) would turn the close into a
          * reset, which may destroy the reply before the client reads it. */
@@ -60,12 +61,11 @@ static void refuse(const struct listener *l, int fd, const struct sockaddr_stora
             ;
     }
     close(fd);
-    const struct config_limits *lim = &l->cfg->limits;
     char client[64];
     conn_format_addr(peer, client, sizeof(client));
     log_line(LOG_INFO, "event=connection_refused client=%s listener=%s reason=\"%s\" limit=%u",
              client, l->cl->address_text, conn_limit_reason(v),
-             v == CONN_LIMIT_PER_ADDRESS ? lim->max_connections_per_ip : lim->max_connections);
+             conn_limit_bound(&l->cfg->limits, v));
     metrics_connection_refused(conn_limit_metrics_reason(v));
 }
 

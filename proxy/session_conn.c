@@ -110,14 +110,13 @@ static bool admit_real_client(struct session *s, const struct proxy_protocol_inf
         return true;
     }
     session_log(s, "event=connection_refused reason=\"%s\" limit=%u", conn_limit_reason(v),
-                v == CONN_LIMIT_PER_ADDRESS ? s->cfg->limits.max_connections_per_ip
-                                            : s->cfg->limits.max_connections);
+                conn_limit_bound(&s->cfg->limits, v));
     metrics_connection_refused(conn_limit_metrics_reason(v));
     if (s->listener->tls == CONFIG_TLS_IMPLICIT) {
         session_close(s, "connection_limit");
         return false;
     }
-    session_reply(s, false, "SYS/TEMP", "Too many connections, try again later");
+    session_reply(s, false, "SYS/TEMP", CONN_LIMIT_REFUSED_TEXT);
     s->flush_close = true;
     s->result = "connection_limit";
     return false;

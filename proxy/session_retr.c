@@ -9,6 +9,8 @@
 #define RETR_OUT_RESERVE 16
 /* The dot-stuffer writes at most two bytes for one consumed byte. */
 #define RETR_MAX_EXPANSION 2
+/* The answer for a message another client expunged since the snapshot. */
+#define RETR_GONE_TEXT "Message %u is no longer available"
 
 static void start_fetch(struct session *s, enum session_job job, uint32_t n)
 {
@@ -19,7 +21,7 @@ static void start_fetch(struct session *s, enum session_job job, uint32_t n)
         /* Asked again for a message already found gone: a client stuck on it spends
          * its bad-command budget instead of the server's time. */
         char text[64];
-        snprintf(text, sizeof(text), "Message %u is no longer available", n);
+        snprintf(text, sizeof(text), RETR_GONE_TEXT, n);
         session_bad_command(s, text);
         return;
     }
@@ -146,7 +148,7 @@ void session_retr_done(struct session *s, enum upstream_status st, const char *d
         /* Another client expunged it since the snapshot. */
         session_log(s, "event=message_gone msg=%u uid=%u reason=%s", s->xfer_n, s->xfer_uid,
                     st == UPSTREAM_NO ? detail : "\"no data in fetch reply\"");
-        session_replyf(s, false, NULL, "Message %u is no longer available", s->xfer_n);
+        session_replyf(s, false, NULL, RETR_GONE_TEXT, s->xfer_n);
         maildrop_set_gone(s->md, s->xfer_n);
         session_job_done(s);
         return;

@@ -72,14 +72,16 @@ void upstream_set_detail(struct upstream *u, const char *fmt, ...)
     va_end(ap);
 }
 
-/*
- * Ends the running operation (or reports a failure between operations). A
- * failure closes the connection first, so nothing runs after the callback.
- */
+/* Connected, and no operation or keepalive NOOP running. */
+static bool is_idle(const struct upstream *u)
+{
+    return !u->closed && !u->busy && !u->noop;
+}
+
 /* Idle from now: the NOOP timer runs (unless another operation started meanwhile). */
 static void arm_keepalive(struct upstream *u)
 {
-    if (u->keepalive_secs == 0 || u->closed || u->busy || u->noop)
+    if (u->keepalive_secs == 0 || !is_idle(u))
         return;
     ev_timer_stop(u->loop, &u->keepalive);
     ev_timer_set(&u->keepalive, (ev_tstamp)u->keepalive_secs, 0.);
@@ -91,7 +93,7 @@ static void keepalive_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct upstream *u = w->data;
-    if (u->closed || u->busy || u->noop)
+    if (!is_idle(u))
         return;
     u->noop = true;
     u->stage = ST_NOOP;
@@ -102,6 +104,10 @@ static void keepalive_cb(struct ev_loop *loop, ev_timer *w, int revents)
     upstream_update_io(u);
 }
 
+/*
+ * Ends the running operation (or reports a failure between operations). A
+ * failure closes the connection first, so nothing runs after the callback.
+ */
 void upstream_finish(struct upstream *u, enum upstream_status st)
 {
     if (u->closed)
@@ -799,7 +805,7 @@ static void do_read(struct upstream *u)
             ev_timer_again(u->loop, &u->timer);
         process_input(u);
         /* Between commands the 64 KiB read buffer goes: idle sessions cost little. */
-        if (!u->closed && !u->busy && !u->noop && buffer_len(&u->in) == 0)
+        if (is_idle(u) && buffer_len(&u->in) == 0)
             buffer_shrink(&u->in);
         return;
     case CONN_AGAIN:

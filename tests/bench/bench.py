@@ -622,11 +622,7 @@ async def pop3_body_verify(r, h):
             continue
         # whole lines only, so block always begins at a line start
         block, pending = data[:nl + 1], data[nl + 1:]
-        if block.startswith(b".\r\n"):
-            end = 0
-        else:
-            end = block.find(b"\n.\r\n")
-            end = end + 1 if end >= 0 else -1
+        end = harness.multiline_end(block)
         if end >= 0:
             if len(block) > end + 3 or pending:
                 raise BenchError("data after the terminating line")

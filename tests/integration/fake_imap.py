@@ -399,6 +399,14 @@ class _Conn:
     def send(self, data):
         self.sock.sendall(data)
 
+    def send_and_close(self, data):
+        """The fault's last bytes, then the connection ends (after a moment, so they
+        arrive before the close)."""
+        self.send(data)
+        self.srv.fault_fired.set()
+        time.sleep(0.2)
+        raise _Closed()
+
     def _recv_more(self):
         while True:
             if self.srv._stopping.is_set():
@@ -723,10 +731,7 @@ class _Conn:
             return
         if faulted and srv.fault == "bye_fetch":
             srv._event(self.cid, "fault:bye_fetch")
-            srv.fault_fired.set()
-            self.send(b"* BYE Server shutting down for maintenance.\r\n")
-            time.sleep(0.2)
-            raise _Closed()
+            self.send_and_close(b"* BYE Server shutting down for maintenance.\r\n")
         if faulted and srv.fault == "hang_fetch_before":
             srv._hang(self.sock, self.cid, "fetch_before")
         if faulted and srv.fault == "garbage_fetch":
@@ -797,22 +802,13 @@ class _Conn:
             self.send(head + b"{%d}\r\n" % len(data) + half)
             srv._hang(self.sock, self.cid, "fetch_mid")
         if fault == "close_mid_literal":
-            self.send(head + b"{%d}\r\n" % len(data) + half)
-            srv.fault_fired.set()
-            time.sleep(0.2)
-            raise _Closed()
+            self.send_and_close(head + b"{%d}\r\n" % len(data) + half)
         if fault == "bye_mid_literal":
-            self.send(head + b"{%d}\r\n" % len(data) + half +
-                      b"\r\n* BYE Server shutting down.\r\n")
-            srv.fault_fired.set()
-            time.sleep(0.2)
-            raise _Closed()
+            self.send_and_close(head + b"{%d}\r\n" % len(data) + half +
+                                b"\r\n* BYE Server shutting down.\r\n")
         if fault == "bye_after_literal":
-            self.send(head + b"{%d}\r\n" % len(data) + data +
-                      b")\r\n* BYE Server shutting down.\r\n")
-            srv.fault_fired.set()
-            time.sleep(0.2)
-            raise _Closed()
+            self.send_and_close(head + b"{%d}\r\n" % len(data) + data +
+                                b")\r\n* BYE Server shutting down.\r\n")
         if fault == "literal_larger":
             # the literal stops at half the message; the rest follows as if it were part
             # of the FETCH response

@@ -843,8 +843,80 @@ class TreeRss(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
+class NoticesFailure:
+    """A unittest.TestCase mixin: test_failed() runs after a test of the class failed or
+    raised (say, to keep its logs)."""
+
+    def run(self, result=None):
+        bad = (lambda: len(result.failures) + len(result.errors)) if result else (lambda: 0)
+        before = bad()
+        try:
+            return super().run(result)
+        finally:
+            if bad() > before:
+                self.test_failed()
+
+    def test_failed(self):
+        pass
+
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 in front of target_port (Dovecot), one thread per
+    direction per connection; stops by itself when the test process ends (daemon
+    threads). Subclasses pass the bytes on in _pump(src, dst, to_server)."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.sockets = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopping.is_set():
+            try:
+                down, _ = self.listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                down.close()
+                continue
+            self.sockets += [down, up]
+            for src, dst, to_server in ((down, up, True), (up, down, False)):
+                threading.Thread(target=self._pump, args=(src, dst, to_server),
+                                 daemon=True).start()
+
+    def _pump(self, src, dst, to_server):
+        raise NotImplementedError
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        for sock in self.sockets + [self.listener]:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 class Pop3Error(Exception):
     pass
+
+
+def multiline_end(block):
+    """Where the terminating line (exactly ".\r\n") starts in block, which begins at a
+    line start of a multi-line POP3 response; -1 when it holds none."""
+    if block.startswith(b".\r\n"):
+        return 0
+    end = block.find(b"\n.\r\n")
+    return end + 1 if end >= 0 else -1
 
 
 class Pop3Raw:
@@ -939,12 +1011,7 @@ class Pop3Raw:
             last_nl = self.buf.rfind(b"\n")
             if last_nl >= 0:
                 block = bytes(self.buf[:last_nl + 1])
-                # terminator: a line that is exactly ".\r\n"
-                if block.startswith(b".\r\n"):
-                    end = 0
-                else:
-                    end = block.find(b"\n.\r\n")
-                    end = end + 1 if end >= 0 else -1
+                end = multiline_end(block)
                 if end >= 0:
                     data = block[:end]
                     del self.buf[:end + 3]

@@ -123,7 +123,7 @@ def accepted_by_port(port):
 # the test base
 
 
-class LimitCase(unittest.TestCase):
+class LimitCase(harness.NoticesFailure, unittest.TestCase):
     """One popgate per class, two workers by default; limits from the class."""
 
     WORKERS = 2
@@ -169,14 +169,8 @@ class LimitCase(unittest.TestCase):
                 return kids
             time.sleep(0.05)
 
-    def run(self, result=None):
-        bad = (lambda: len(result.failures) + len(result.errors)) if result else (lambda: 0)
-        before = bad()
-        try:
-            return super().run(result)
-        finally:
-            if bad() > before:
-                type(self)._keep = True
+    def test_failed(self):
+        type(self)._keep = True
 
     def setUp(self):
         self.assertTrue(self.pg.is_running(), "popgate is not running")

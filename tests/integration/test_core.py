@@ -76,7 +76,7 @@ def describe_difference(got, expected):
                expected[max(0, i - 20):i + 40]))
 
 
-class PopgateCase(unittest.TestCase):
+class PopgateCase(harness.NoticesFailure, unittest.TestCase):
     """One Dovecot and one popgate for the class; fill_mailboxes() adds users/messages."""
 
     with_dovecot = True
@@ -130,14 +130,8 @@ class PopgateCase(unittest.TestCase):
             raise AssertionError("sanitizer report in popgate's log %s:\n%s"
                                  % (pg.log_path, report))
 
-    def run(self, result=None):
-        bad = (lambda: len(result.failures) + len(result.errors)) if result else (lambda: 0)
-        before = bad()
-        try:
-            return super().run(result)
-        finally:
-            if bad() > before:
-                type(self)._had_failure = True
+    def test_failed(self):
+        type(self)._had_failure = True
 
     def tearDown(self):
         if not self.popgate.is_running():

@@ -443,25 +443,21 @@ class RetrFaultTests(FaultCase):
         self.assertTrue(self.wait_log(pg, "event=retr_failed"), "no retr_failed log line")
         self.assert_nothing_changed("literal_larger", fake)
 
-    def test_literal_smaller_than_announced_then_silence(self):
-        fake, pg, status, rest, closed, took = self.run_retr("literal_smaller")
+    def check_literal_smaller(self, fault, log_class):
+        fake, pg, status, rest, closed, _ = self.run_retr(fault)
         # what followed the message (")", the tagged OK) went into the literal: popgate
         # cannot tell it from message text, so the client may get it, but never a '.'
-        self.assert_not_terminated("literal_smaller", pg, status, rest, closed,
-                                   expect_status=b"+OK", slack=64)
-        self.assertTrue(self.wait_log(pg, "event=retr_failed", "class=timeout"),
-                        "no retr_failed class=timeout line")
-        self.assert_nothing_changed("literal_smaller", fake)
+        self.assert_not_terminated(fault, pg, status, rest, closed, expect_status=b"+OK",
+                                   slack=64)
+        self.assertTrue(self.wait_log(pg, "event=retr_failed", "class=" + log_class),
+                        "no retr_failed class=%s line" % log_class)
+        self.assert_nothing_changed(fault, fake)
+
+    def test_literal_smaller_than_announced_then_silence(self):
+        self.check_literal_smaller("literal_smaller", "timeout")
 
     def test_literal_smaller_than_announced_then_close(self):
-        fake, pg, status, rest, closed, _ = self.run_retr("literal_smaller_close")
-        # what followed the message (")", the tagged OK) went into the literal: popgate
-        # cannot tell it from message text, so the client may get it, but never a '.'
-        self.assert_not_terminated("literal_smaller_close", pg, status, rest, closed,
-                                   expect_status=b"+OK", slack=64)
-        self.assertTrue(self.wait_log(pg, "event=retr_failed", "class=closed"),
-                        "no retr_failed class=closed line")
-        self.assert_nothing_changed("literal_smaller_close", fake)
+        self.check_literal_smaller("literal_smaller_close", "closed")
 
     def test_hang_during_top(self):
         # TOP streams from BODY.PEEK[HEADER] and BODY.PEEK[TEXT]<0.n>: the same rules
@@ -787,42 +783,19 @@ class ClientFaultTests(FaultCase):
         self.assertTrue(c.expect_closed(10), "closed after QUIT")
 
 
-class GatedRelay:
+class GatedRelay(harness.TcpRelay):
     """A TCP relay in front of Dovecot that holds popgate's bytes once a trigger string
     (e.g. b"UID STORE") passes, until release() is called: so a test can act while an
     upstream command is in flight."""
 
     def __init__(self, target_port, trigger, hold_timeout=60):
-        self.target_port = target_port
         self.trigger = trigger
         self.hold_timeout = hold_timeout
         self.triggered = threading.Event()
         self.released = threading.Event()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.sockets = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                down, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-            except OSError:
-                down.close()
-                continue
-            self.sockets += [down, up]
-            threading.Thread(target=self._pump, args=(down, up, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, down, False), daemon=True).start()
-
-    def _pump(self, src, dst, gated):
+    def _pump(self, src, dst, to_server):
         src.settimeout(1.0)
         seen = b""
         try:
@@ -833,11 +806,11 @@ class GatedRelay:
                     continue
                 if not data:
                     break
-                if gated and not self.triggered.is_set():
+                if to_server and not self.triggered.is_set():
                     seen = (seen + data)[-4096:]
                     if self.trigger in seen:
                         self.triggered.set()
-                if gated and self.triggered.is_set():
+                if to_server and self.triggered.is_set():
                     self.released.wait(self.hold_timeout)
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)
@@ -848,13 +821,8 @@ class GatedRelay:
         self.released.set()
 
     def close(self):
-        self.stopping.set()
         self.released.set()
-        for s in self.sockets + [self.listener]:
-            try:
-                s.close()
-            except OSError:
-                pass
+        super().close()
 
 
 class GracefulEndTests(FaultCase):

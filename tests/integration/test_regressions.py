@@ -699,40 +699,17 @@ class LargeOutputBufferTests(RegressionCase):
         self.assert_ok(c.cmd("QUIT"), "QUIT")
 
 
-class SlowRelay:
+class SlowRelay(harness.TcpRelay):
     """A TCP relay in front of Dovecot that passes the server's bytes on at a fixed rate,
     so an upstream login can be made to take longer than popgate's auth_timeout while the
     upstream keeps working."""
 
     def __init__(self, target_port, rate):
-        self.target_port = target_port
         self.rate = rate
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.sockets = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__(target_port)
 
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                down, _ = self.listener.accept()
-            except (socket.timeout, OSError):
-                continue
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-            except OSError:
-                down.close()
-                continue
-            self.sockets += [down, up]
-            for src, dst, rate in ((down, up, None), (up, down, self.rate)):
-                threading.Thread(target=self._pump, args=(src, dst, rate), daemon=True).start()
-
-    def _pump(self, src, dst, rate):
+    def _pump(self, src, dst, to_server):
+        rate = None if to_server else self.rate
         src.settimeout(None)
         t0 = time.monotonic()
         passed = 0
@@ -750,15 +727,6 @@ class SlowRelay:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    def close(self):
-        self.stopping.set()
-        self.thread.join(timeout=5)
-        for sock in self.sockets + [self.listener]:
-            try:
-                sock.close()
-            except OSError:
-                pass
 
 
 class ManyMessagesTests(RegressionCase):
