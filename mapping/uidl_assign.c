@@ -933,6 +933,7 @@ int uidl_assign(struct state_doc *doc, const struct uidl_assign_folder *folders,
         doc->nmsgs = nmsgs;
         doc->msgs_alloc = msgs_alloc;
     }
+    c.stats.rewritten = !same;
     if (stats_r != NULL)
         *stats_r = c.stats;
     ctx_free(&c);

@@ -43,6 +43,7 @@ struct uidl_assign_stats {
     size_t suffixed;       /* made unique with "-N" */
     size_t dropped;        /* recorded UIDLs lost at a UIDVALIDITY change (no match) */
     size_t legacy_pending; /* imported UIDLs still unmatched afterwards */
+    bool rewritten;        /* doc->msgs was rebuilt (a size, a Message-ID, a UIDL changed) */
 };
 
 /*

@@ -66,7 +66,8 @@ int session_snapshot_apply(struct session *s, struct state_doc *doc, bool *chang
     for (size_t f = 0; f < nf; f++)
         state_doc_prune(doc, sf[f], uids + (af[f].msgs - msgs), af[f].nmsgs);
     /* Only UIDLs kept as recorded and nothing pruned: the document is as it was. */
-    *changed_r = doc->nmsgs != before || stats.kept != n || doc->first_login == 0;
+    *changed_r =
+        doc->nmsgs != before || stats.kept != n || stats.rewritten || doc->first_login == 0;
     /* window "since_first_login": what the mailbox held at the first POP3 login stays for
      * IMAP only ("POP for mail from now on"). */
     if (s->mapping->window_since_first_login && doc->first_login == 0) {

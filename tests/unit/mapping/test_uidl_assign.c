@@ -279,6 +279,13 @@ START_TEST(test_legacy_order_and_size)
     ck_assert_uint_eq(st.kept, 5);
     ck_assert_uint_eq(st.legacy, 0);
     ck_assert_str_eq(u[3], "L5");
+    ck_assert(!st.rewritten);
+    /* All kept, but a Message-ID learnt and a size changed: the document must be saved. */
+    m[0].msgid_hash = 77;
+    m[4].size = 501;
+    run1(doc, f, 9, m, 5, NULL, false, u, NULL, &st);
+    ck_assert_uint_eq(st.kept, 5);
+    ck_assert(st.rewritten);
     doc_free(&doc);
 }
 END_TEST
